@@ -1,0 +1,13 @@
+"""lightning-autoopt: published optimization methods as drop-in PyTorch Lightning parts.
+
+Importing the package registers the strategy names (``"lsgd"``, ``"easgd"``, ...) with Lightning's
+``StrategyRegistry`` so ``Trainer(strategy="lsgd")`` works afterwards.
+
+Only ``lightning.pytorch`` (the unified ``lightning`` package) is supported, not the standalone
+``pytorch_lightning`` distribution: the two have separate class hierarchies and registries.
+"""
+
+from lightning_autoopt import callbacks, continual, data, landscape, models, strategies
+from lightning_autoopt.__about__ import __version__
+
+__all__ = ["__version__", "callbacks", "continual", "data", "landscape", "models", "strategies"]
