@@ -1,0 +1,43 @@
+"""Private helpers shared by the data modules: a seeded, epoch-aware shuffling sampler and loader checks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+
+class EpochSeededRandomSampler(Sampler[int]):
+    """Shuffles ``range(num_samples)`` with a permutation that depends only on ``(seed, epoch)``.
+
+    Lightning calls ``set_epoch`` at the start of every training epoch, so epoch ``k`` sees the same order whether
+    the run was interrupted and resumed or not (a ``RandomSampler`` with a generator would restart its stream after
+    a resume). Under DDP Lightning wraps this sampler in a ``DistributedSamplerWrapper`` that shards it per rank.
+    """
+
+    def __init__(self, num_samples: int, seed: int) -> None:
+        self.num_samples = num_samples
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        # SeedSequence mixes (seed, epoch) without the collisions of e.g. ``seed + epoch``.
+        state = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
+        generator = torch.Generator().manual_seed(state)
+        return iter(torch.randperm(self.num_samples, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def check_loader_args(batch_size: int, num_workers: int) -> None:
+    """Validate the loader arguments every data module shares."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size}.")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0 (0 loads in the main process), got {num_workers}.")
