@@ -1,0 +1,107 @@
+"""Core math of gradient-based weighted averaging (GRAWA, MGRAWA, LGRAWA) on flat buffers.
+
+Weights are inversely proportional to a power of each worker's gradient norm:
+``w_m = (||g_m|| + eps)^-q / sum_k (||g_k|| + eps)^-q`` (per layer for LGRAWA). The centre is
+``x_C = sum_m w_m x_m`` and each worker is pulled ``x_m <- x_m - pull_strength * (x_m - x_C)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+
+
+def grawa_weights(norms: torch.Tensor, exponent: float = 1.0, eps: float = 1e-8) -> torch.Tensor:
+    """Normalised inverse-gradient-norm weights across workers.
+
+    Computed as ``r_m = ((n_min + eps) / (n_m + eps))^q`` and ``w_m = r_m / sum_k r_k`` in float64, which equals
+    the formula above but makes equal norms give ``r_m = 1`` and therefore weights of *exactly* ``1/M`` (plain
+    averaging). A non-finite norm gets weight 0 (a diverged worker never attracts the others); if every norm in a
+    column is non-finite the weights fall back to ``1/M``.
+
+    Args:
+        norms: shape ``(M,)`` (model level) or ``(M, L)`` (one column per layer).
+        exponent: ``q`` (1 = "inversely proportional", the reading of the paper abstract; 2 is the other reading).
+        eps: guard added to every norm (a zero-gradient worker would otherwise get an infinite weight).
+
+    Returns:
+        float64 weights of the same shape whose columns sum to 1.
+
+    Example::
+
+        >>> grawa_weights(torch.tensor([1.0, 1.0, 1.0, 1.0])).tolist()
+        [0.25, 0.25, 0.25, 0.25]
+        >>> grawa_weights(torch.tensor([1.0, 3.0]), eps=0.0).tolist()
+        [0.75, 0.25]
+    """
+    n = norms.detach().to(torch.float64)
+    finite = torch.isfinite(n)
+    n = torch.where(finite, n + eps, torch.ones_like(n))
+    ref = torch.where(finite, n, torch.full_like(n, math.inf)).amin(dim=0, keepdim=True)
+    ratio = torch.where(finite, (ref / n).pow(exponent), torch.zeros_like(n))
+    total = ratio.sum(dim=0, keepdim=True)
+    uniform = torch.full_like(n, 1.0 / n.shape[0])
+    out = torch.where(total > 0, ratio / torch.where(total > 0, total, torch.ones_like(total)), uniform)
+    return out
+
+
+def layer_norms(grads: Sequence[torch.Tensor | None]) -> torch.Tensor:
+    """L2 norm of every gradient tensor (``None`` counts as 0), as a float64 vector."""
+    return torch.tensor(
+        [0.0 if g is None else float(torch.linalg.vector_norm(g.detach().to(torch.float64))) for g in grads],
+        dtype=torch.float64,
+    )
+
+
+def model_norm(per_layer: torch.Tensor) -> torch.Tensor:
+    """Model-level norm from per-layer norms: ``sqrt(sum_l ||g_l||^2)``."""
+    return per_layer.pow(2).sum().sqrt().reshape(1)
+
+
+def scale_segments_(flat: torch.Tensor, sizes: Sequence[int], factors: torch.Tensor) -> torch.Tensor:
+    """Multiply consecutive segments of ``flat`` (lengths ``sizes``) by ``factors`` in place."""
+    if len(sizes) != factors.numel():
+        raise ValueError(f"Got {len(sizes)} segments but {factors.numel()} factors.")
+    offset = 0
+    for size, f in zip(sizes, factors.tolist()):
+        flat[offset : offset + size].mul_(f)
+        offset += size
+    return flat
+
+
+def weighted_center(
+    flat: torch.Tensor,
+    my_weights: torch.Tensor,
+    sizes: Sequence[int] | None = None,
+    group: dist.ProcessGroup | None = None,
+) -> torch.Tensor:
+    """All-reduce ``sum_m w_m x_m`` (one model-sized collective). A collective: every rank must call it.
+
+    Args:
+        flat: this worker's flat parameters (not modified).
+        my_weights: this worker's weight: one element (model level) or one per segment (layer level).
+        sizes: segment lengths for the layer level (required when ``my_weights`` has more than one element).
+        group: process group.
+
+    Returns:
+        The weighted centre (a new tensor, identical on every rank).
+    """
+    buf = flat.detach().clone()
+    if my_weights.numel() == 1:
+        buf.mul_(float(my_weights.reshape(())))
+    else:
+        if sizes is None:
+            raise ValueError("`sizes` is required for per-layer weights.")
+        scale_segments_(buf, sizes, my_weights)
+    dist.all_reduce(buf, group=group)
+    return buf
+
+
+def pull_toward_(flat: torch.Tensor, center: torch.Tensor, pull_strength: float) -> torch.Tensor:
+    """In place ``x <- x - pull_strength * (x - center)`` (pull_strength = 1 makes ``x`` equal the centre)."""
+    if pull_strength == 1.0:
+        return flat.copy_(center)
+    return flat.mul_(1.0 - pull_strength).add_(center, alpha=pull_strength)

@@ -1,0 +1,43 @@
+"""A small persistent pool of gloo processes for unit-testing collectives without a Trainer.
+
+Each worker joins one process group (FileStore) in its initializer; a task is sent to every worker with
+``run_on_pool(pool, fn, *args)`` and ``fn`` reads its rank from ``torch.distributed``. A worker blocked in a
+collective cannot take a second task, so the ``world_size`` identical tasks land on distinct ranks.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import tempfile
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+
+def _init_worker(store_path: str, world_size: int, ranks: Any) -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    rank = ranks.get()
+    store = dist.FileStore(store_path, world_size)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size, timeout=timedelta(seconds=60))
+
+
+def make_pool(world_size: int = 4) -> mp.pool.Pool:
+    ctx = mp.get_context("spawn")
+    ranks = ctx.Queue()
+    for r in range(world_size):
+        ranks.put(r)
+    fd, path = tempfile.mkstemp(prefix="gloo_store_")
+    os.close(fd)
+    os.remove(path)
+    return ctx.Pool(world_size, initializer=_init_worker, initargs=(path, world_size, ranks))
+
+
+def run_on_pool(pool: mp.pool.Pool, world_size: int, fn: Callable[..., Any], *args: Any) -> list[Any]:
+    """Run ``fn(*args)`` on every rank; return the results ordered by rank (``fn`` must return ``(rank, value)``)."""
+    out = pool.starmap(fn, [args] * world_size, chunksize=1)
+    return [v for _, v in sorted(out, key=lambda t: t[0])]
