@@ -1,0 +1,7 @@
+"""Lightning callbacks: one public callback per module."""
+
+from lightning_autoopt.callbacks.autodrop import AutoDrop
+
+__all__ = [
+    "AutoDrop",
+]

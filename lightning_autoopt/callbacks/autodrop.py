@@ -1,0 +1,422 @@
+"""AutoDrop: drop the learning rate when the angular velocity of the weights saturates.
+
+Lightning adapter around the pure core in :mod:`lightning_autoopt.callbacks._angles`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from torch.optim.lr_scheduler import CyclicLR, OneCycleLR, ReduceLROnPlateau
+from typing_extensions import override
+
+from lightning_autoopt.callbacks._angles import (
+    SaturationDetector,
+    all_finite,
+    angular_velocity,
+    copy_into_,
+    weighted_average_update_,
+)
+
+__all__ = ["AutoDrop"]
+
+_NEVER = 1 << 62  # "no action scheduled" as an int, so the per-step check stays a single integer comparison
+_REFUSED_SCHEDULERS = (OneCycleLR, ReduceLROnPlateau, CyclicLR)
+
+
+class AutoDrop(Callback):
+    r"""Drop the learning rate when the angular velocity of the parameter trajectory saturates (AutoDrop).
+
+    Once per ``interval`` the flattened trainable parameters are recorded as a position ``P_e``. The angular
+    velocity ``ω_e`` is the angle (degrees) between the displacements ``P_e - P_{e-1}`` and ``P_{e-1} - P_{e-2}``.
+    When two consecutive angular velocities differ by less than ``theta`` (``|ω_e - ω_{e-1}| < theta``) the
+    trajectory has saturated: training continues at the old LR for ``patience`` more intervals, then every param
+    group's LR is multiplied by ``drop_factor`` (never below ``min_lr``), θ grows by ``1 / drop_factor`` up to
+    ``max_theta`` (``auto_theta``), and, with ``average_on_drop``, the parameters are replaced by the linearly
+    weighted average ``Σ k·x_k / (K(K+1)/2)`` of the ``K = patience + 1`` snapshots taken since detection (one
+    running sum, not ``K`` copies).
+
+    Timing: with ``interval="epoch"`` the position is taken after the first optimizer step of each epoch and the
+    decision (angle, test, LR drop, averaging snapshot) after the second, as in the reference code; epochs need at
+    least two optimizer steps. With an int, both happen after every ``interval`` optimizer steps (counted with
+    ``trainer.global_step``, so ``accumulate_grad_batches`` and iteration-based or infinite training work).
+
+    LR and schedulers: the drop is applied to all param groups (``param_groups="first"``: only group 0, as the
+    reference code) of every optimizer of the trainer. A user scheduler keeps the drop because AutoDrop also scales
+    its ``base_lrs`` and the groups' ``initial_lr`` (StepLR, MultiStepLR, cosine, LambdaLR, LinearLR, ...).
+    ``OneCycleLR``, ``CyclicLR`` and ``ReduceLROnPlateau`` set the LR themselves and are refused at fit start.
+
+    Distributed: ω is computed on every rank, but rank 0's value is broadcast before the decision, so the drop,
+    θ and the counters are identical on all ranks even when replicas differ (local-update strategies). At a drop
+    with averaging, the averaged parameters are broadcast from rank 0, so all replicas restart from the same point.
+
+    Resume: :meth:`state_dict` holds the positions, the ω history, θ, the counters, the flag and the averaging
+    buffer with its weight sum; a drop already made lives in the optimizer/scheduler state and is never re-applied.
+
+    Logged (``pl_module.log``, once per decision; epoch-aggregated when ``interval="epoch"``):
+    ``autodrop/angular_velocity``, ``autodrop/theta``, ``autodrop/lr`` (group 0 of optimizer 0),
+    ``autodrop/drops`` and ``autodrop/skipped`` (intervals whose ω or parameters were NaN/inf; they never trigger
+    anything).
+
+    Memory: at most three parameter-sized position buffers plus the averaging buffer, in the parameters' dtype on
+    their device (or on ``buffer_device``). Per-step cost: one integer comparison; work only at interval boundaries.
+
+    Args:
+        interval: ``"epoch"`` or a number of optimizer steps between positions.
+        theta: Saturation threshold on ``|Δω|`` in degrees. The reference scripts use 0.01 with 390 steps per
+            epoch; short, noisy runs need a larger value (see the method card).
+        patience: Intervals trained at the old LR after saturation is detected, before the drop. Also the length of
+            the averaging window (``patience + 1`` snapshots). The reference code's ``extra_epochs=20`` equals
+            ``patience=19``; the default is shorter so that runs of tens of epochs can see several drops.
+        drop_factor: LR multiplier at each drop, in ``(0, 1)``.
+        min_lr: LR floor; a drop never takes a group below it (``0`` disables the floor).
+        auto_theta: After each drop, grow θ to ``theta / drop_factor`` (capped by ``max_theta``).
+        max_theta: Cap for the growing θ (``None``: no cap).
+        average_on_drop: At a drop, load the linearly weighted average of the snapshots taken since detection.
+        max_drops: Stop detecting after this many drops (``None``: no limit).
+        stop_when_min_lr: Set ``trainer.should_stop`` when a drop is due but every LR is already at ``min_lr``.
+        param_groups: ``"all"`` param groups or only the ``"first"`` one of each optimizer.
+        buffer_device: Device for the position and averaging buffers (e.g. ``"cpu"`` to save accelerator memory);
+            ``None`` keeps them on the parameters' device.
+        verbose: Announce each drop with ``rank_zero_info``.
+
+    Raises:
+        ValueError: On an invalid argument (named in the message), or at fit start when the module has no
+            trainable parameters or the trainer has a ``OneCycleLR``/``CyclicLR``/``ReduceLROnPlateau`` scheduler.
+
+    Example::
+
+        from lightning.pytorch import Trainer
+        from lightning_autoopt.callbacks import AutoDrop
+
+        trainer = Trainer(max_epochs=60, callbacks=[AutoDrop(theta=0.5, patience=3)])
+
+    YAML (LightningCLI)::
+
+        trainer:
+          callbacks:
+            - class_path: lightning_autoopt.callbacks.AutoDrop
+              init_args: {theta: 0.5, patience: 3}
+    """
+
+    def __init__(
+        self,
+        interval: int | Literal["epoch"] = "epoch",
+        theta: float = 0.5,
+        patience: int = 3,
+        drop_factor: float = 0.2,
+        min_lr: float = 1e-4,
+        auto_theta: bool = True,
+        max_theta: float | None = 5.0,
+        average_on_drop: bool = True,
+        max_drops: int | None = None,
+        stop_when_min_lr: bool = False,
+        param_groups: Literal["all", "first"] = "all",
+        buffer_device: str | None = None,
+        verbose: bool = True,
+    ) -> None:
+        super().__init__()
+        if interval != "epoch" and (isinstance(interval, bool) or not isinstance(interval, int) or interval < 1):
+            raise ValueError(f"AutoDrop: `interval` must be 'epoch' or an int >= 1 optimizer steps, got {interval!r}.")
+        if not (isinstance(theta, (int, float)) and math.isfinite(theta) and theta > 0):
+            raise ValueError(f"AutoDrop: `theta` must be a finite number of degrees > 0, got {theta!r}.")
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"AutoDrop: `patience` must be an int >= 0 (intervals), got {patience!r}.")
+        if not (isinstance(drop_factor, (int, float)) and 0.0 < drop_factor < 1.0):
+            raise ValueError(f"AutoDrop: `drop_factor` must be in (0, 1), e.g. 0.2, got {drop_factor!r}.")
+        if not (isinstance(min_lr, (int, float)) and math.isfinite(min_lr) and min_lr >= 0):
+            raise ValueError(f"AutoDrop: `min_lr` must be >= 0 (0 disables the floor), got {min_lr!r}.")
+        if max_theta is not None and not (isinstance(max_theta, (int, float)) and max_theta >= theta):
+            raise ValueError(f"AutoDrop: `max_theta` must be None or >= theta ({theta}), got {max_theta!r}.")
+        if max_drops is not None and (isinstance(max_drops, bool) or not isinstance(max_drops, int) or max_drops < 1):
+            raise ValueError(f"AutoDrop: `max_drops` must be None or an int >= 1, got {max_drops!r}.")
+        if param_groups not in ("all", "first"):
+            raise ValueError(f"AutoDrop: `param_groups` must be 'all' or 'first', got {param_groups!r}.")
+        if buffer_device is not None:
+            try:
+                torch.device(buffer_device)
+            except (RuntimeError, TypeError) as err:
+                raise ValueError(
+                    f"AutoDrop: `buffer_device` must be None or a device string like 'cpu', got {buffer_device!r}."
+                ) from err
+        self.interval = interval
+        self.drop_factor = float(drop_factor)
+        self.min_lr = float(min_lr)
+        self.average_on_drop = average_on_drop
+        self.stop_when_min_lr = stop_when_min_lr
+        self.param_groups = param_groups
+        self.buffer_device = buffer_device
+        self.verbose = verbose
+        self._detector = SaturationDetector(
+            theta=float(theta),
+            patience=patience,
+            drop_factor=self.drop_factor,
+            auto_theta=auto_theta,
+            max_theta=None if max_theta is None else float(max_theta),
+            max_drops=max_drops,
+        )
+        # Run-time state (all of it is in state_dict).
+        self._positions: list[torch.Tensor | None] = [None, None, None]
+        self._valid_slots: list[int] = []  # slots holding usable positions, oldest first
+        self._pending_slot: int | None = None  # epoch mode: position taken, decision not yet made
+        self._avg_sum: torch.Tensor | None = None
+        self._avg_weight = 0.0
+        self._next_action_step = interval if isinstance(interval, int) else _NEVER
+        self._epoch_seen = -1
+        self._decisions = 0
+        self._params: list[torch.Tensor] = []
+
+    # ------------------------------------------------------------------ public read-only views
+    @property
+    def theta(self) -> float:
+        """Current saturation threshold (degrees); grows after drops with ``auto_theta``."""
+        return self._detector.theta
+
+    @property
+    def drops(self) -> int:
+        """Number of LR drops made so far."""
+        return self._detector.drops
+
+    @property
+    def skipped(self) -> int:
+        """Number of intervals skipped because of NaN/inf parameters or angles."""
+        return self._detector.skipped
+
+    @property
+    def omega_history(self) -> list[float]:
+        """Angular velocities (degrees) of all valid intervals so far."""
+        return list(self._detector.history)
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(interval=self.interval)
+
+    # ------------------------------------------------------------------ hooks
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for config in trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            if config.reduce_on_plateau or isinstance(scheduler, _REFUSED_SCHEDULERS):
+                raise ValueError(
+                    f"AutoDrop cannot be combined with the {type(scheduler).__name__} scheduler: it sets the LR "
+                    "itself and would undo or fight the drops. Remove that scheduler (AutoDrop decides the drops) "
+                    "or remove AutoDrop. StepLR, MultiStepLR, cosine, LambdaLR and other base_lrs-based schedulers "
+                    "are supported."
+                )
+        self._params = [p for p in pl_module.parameters() if p.requires_grad]
+        if not self._params:
+            raise ValueError("AutoDrop: the LightningModule has no trainable parameters (requires_grad=True).")
+        numel = sum(p.numel() for p in self._params)
+        dtypes = {p.dtype for p in self._params}
+        dtype = self._params[0].dtype if len(dtypes) == 1 else torch.float32
+        device = torch.device(self.buffer_device) if self.buffer_device is not None else self._params[0].device
+        # Buffers restored from a checkpoint are moved here; fresh ones are allocated lazily.
+        for i, buf in enumerate(self._positions):
+            if buf is not None:
+                self._positions[i] = self._checked(buf, numel, "position").to(device=device, dtype=dtype)
+        if self._avg_sum is not None:
+            self._avg_sum = self._checked(self._avg_sum, numel, "averaging buffer").to(device=device, dtype=dtype)
+        self._numel, self._dtype, self._device = numel, dtype, device
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        step = trainer.global_step  # restored by now, unlike in on_fit_start
+        if isinstance(self.interval, int) and self._next_action_step <= step:
+            self._next_action_step = (step // self.interval + 1) * self.interval
+        if self.interval == "epoch":
+            steps = trainer.num_training_batches
+            if isinstance(steps, int) and steps // max(1, trainer.accumulate_grad_batches) < 2:
+                rank_zero_warn(
+                    "AutoDrop(interval='epoch') needs at least 2 optimizer steps per epoch (position after the first,"
+                    f" decision after the second); this run has {steps} batches per epoch with "
+                    f"accumulate_grad_batches={trainer.accumulate_grad_batches}, so it will never decide. Use an int "
+                    "`interval` (optimizer steps) instead."
+                )
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.interval != "epoch" or trainer.current_epoch == self._epoch_seen:
+            return  # int interval, or the same epoch restarted after a mid-epoch resume
+        self._epoch_seen = trainer.current_epoch
+        self._pending_slot = None
+        self._next_action_step = trainer.global_step + 1
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.global_step < self._next_action_step:  # the whole per-step cost
+            return
+        self._on_boundary(trainer, pl_module, trainer.global_step)
+
+    # ------------------------------------------------------------------ logic at interval boundaries
+    def _on_boundary(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
+        if self.interval == "epoch":
+            if self._pending_slot is None:
+                self._pending_slot = self._take_position()
+                self._next_action_step = step + 1
+                return
+            slot, self._pending_slot = self._pending_slot, None
+            self._next_action_step = _NEVER  # until the next epoch starts
+        else:
+            slot = self._take_position()
+            self._next_action_step = (step // self.interval + 1) * self.interval
+        self._decide(trainer, pl_module, slot)
+
+    def _take_position(self) -> int:
+        if len(self._valid_slots) == 3:
+            slot = self._valid_slots.pop(0)  # the oldest position is no longer needed
+        else:
+            slot = next(i for i in range(3) if i not in self._valid_slots)
+        if self._positions[slot] is None:
+            self._positions[slot] = torch.empty(self._numel, dtype=self._dtype, device=self._device)
+        copy_into_(self._positions[slot], self._params)  # type: ignore[arg-type]
+        return slot
+
+    def _decide(self, trainer: pl.Trainer, pl_module: pl.LightningModule, slot: int) -> None:
+        self._decisions += 1
+        omega: float | None
+        if all_finite(self._positions[slot]):  # type: ignore[arg-type]
+            self._valid_slots.append(slot)
+            if len(self._valid_slots) == 3:
+                p0, p1, p2 = (self._positions[i] for i in self._valid_slots)
+                omega = angular_velocity(p0, p1, p2)  # type: ignore[arg-type]
+            else:
+                omega = None
+        else:
+            omega = float("nan")  # the slot stays free: a bad position never enters the history
+        if trainer.world_size > 1:
+            # Collective on every rank (the boundary step is the same everywhere); rank 0's ω decides for all.
+            omega = trainer.strategy.broadcast(omega, src=0)
+        skipped_before = self._detector.skipped
+        action, weight = self._detector.update(omega)
+        if action in ("snapshot", "drop") and self.average_on_drop:
+            if self._avg_sum is None:
+                self._avg_sum = torch.zeros(self._numel, dtype=self._dtype, device=self._device)
+            weighted_average_update_(self._avg_sum, self._params, float(weight))
+            self._avg_weight += weight
+        if action == "drop":
+            self._drop(trainer)
+        self._log(trainer, pl_module, omega, skipped=self._detector.skipped != skipped_before)
+
+    def _drop(self, trainer: pl.Trainer) -> None:
+        at_floor = True
+        for optimizer in trainer.optimizers:
+            groups = optimizer.param_groups if self.param_groups == "all" else optimizer.param_groups[:1]
+            for index, group in enumerate(groups):
+                old = float(group["lr"])
+                new = max(old * self.drop_factor, self.min_lr) if old > self.min_lr else old
+                at_floor = at_floor and new == old
+                if new == old or old <= 0:
+                    continue
+                ratio = new / old
+                group["lr"] = new
+                if "initial_lr" in group:
+                    group["initial_lr"] = group["initial_lr"] * ratio
+                for config in trainer.lr_scheduler_configs:
+                    if getattr(config.scheduler, "optimizer", None) is optimizer:
+                        _scale_base_lr(config.scheduler, index, ratio)
+        if self.average_on_drop and self._avg_sum is not None and self._avg_weight > 0:
+            self._avg_sum.div_(self._avg_weight)
+            _broadcast_from_rank_zero_(self._avg_sum, trainer)
+            if all_finite(self._avg_sum):
+                offset = 0
+                with torch.no_grad():
+                    for p in self._params:
+                        n = p.numel()
+                        p.copy_(self._avg_sum[offset : offset + n].view_as(p))
+                        offset += n
+            else:
+                self._detector.skipped += 1
+                rank_zero_warn("AutoDrop: the weighted average is not finite; parameters were left unchanged.")
+            self._avg_sum.zero_()
+            self._avg_weight = 0.0
+        lr0 = _first_lr(trainer)
+        if self.verbose:
+            rank_zero_info(
+                f"AutoDrop: drop {self.drops} at step {trainer.global_step} (epoch {trainer.current_epoch}): "
+                f"lr -> {lr0:.3g}, theta -> {self.theta:.3g}"
+            )
+        if at_floor and self.stop_when_min_lr:
+            trainer.should_stop = True  # same value on every rank: the decision was broadcast
+            rank_zero_info("AutoDrop: the LR is already at min_lr and the trajectory saturated again; stopping.")
+
+    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, omega: float | None, skipped: bool) -> None:
+        per_epoch = self.interval == "epoch"
+        kwargs: dict[str, Any] = {"on_step": not per_epoch, "on_epoch": per_epoch, "batch_size": 1}
+        if omega is not None and math.isfinite(omega):
+            pl_module.log("autodrop/angular_velocity", omega, **kwargs)
+        pl_module.log("autodrop/theta", self.theta, **kwargs)
+        pl_module.log("autodrop/lr", _first_lr(trainer), **kwargs)
+        pl_module.log("autodrop/drops", float(self.drops), **kwargs)
+        pl_module.log("autodrop/skipped", float(self.skipped), **kwargs)
+        if skipped:
+            rank_zero_warn(
+                f"AutoDrop: skipped the interval ending at step {trainer.global_step}: NaN/inf in the parameters or "
+                "the angle (no decision taken from it)."
+            )
+
+    # ------------------------------------------------------------------ state
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "detector": self._detector.state_dict(),
+            "positions": list(self._positions),
+            "valid_slots": list(self._valid_slots),
+            "pending_slot": self._pending_slot,
+            "avg_sum": self._avg_sum,
+            "avg_weight": self._avg_weight,
+            "next_action_step": self._next_action_step,
+            "epoch_seen": self._epoch_seen,
+            "decisions": self._decisions,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._detector.load_state_dict(state_dict["detector"])
+        self._positions = list(state_dict["positions"])
+        self._valid_slots = list(state_dict["valid_slots"])
+        self._pending_slot = state_dict["pending_slot"]
+        self._avg_sum = state_dict["avg_sum"]
+        self._avg_weight = float(state_dict["avg_weight"])
+        self._next_action_step = int(state_dict["next_action_step"])
+        self._epoch_seen = int(state_dict["epoch_seen"])
+        self._decisions = int(state_dict["decisions"])
+
+    @staticmethod
+    def _checked(buffer: torch.Tensor, numel: int, what: str) -> torch.Tensor:
+        if buffer.numel() != numel:
+            raise ValueError(
+                f"AutoDrop: the checkpoint's {what} has {buffer.numel()} elements but the model has {numel} trainable "
+                "parameters; resume with the same model, or drop the AutoDrop state from the checkpoint."
+            )
+        return buffer
+
+
+def _first_lr(trainer: pl.Trainer) -> float:
+    return float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else float("nan")
+
+
+def _scale_base_lr(scheduler: Any, index: int, ratio: float) -> None:
+    """Scale a scheduler's ``base_lrs[index]`` (and its children's, for SequentialLR/ChainedScheduler)."""
+    base_lrs = getattr(scheduler, "base_lrs", None)
+    if base_lrs is not None and index < len(base_lrs):
+        base_lrs[index] = base_lrs[index] * ratio
+    for child in getattr(scheduler, "_schedulers", None) or []:
+        _scale_base_lr(child, index, ratio)
+
+
+def _broadcast_from_rank_zero_(tensor: torch.Tensor, trainer: pl.Trainer) -> None:
+    if trainer.world_size <= 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    if torch.distributed.get_backend() == "nccl" and tensor.device.type != "cuda":
+        staged = tensor.to(trainer.strategy.root_device)
+        torch.distributed.broadcast(staged, src=0)
+        tensor.copy_(staged)
+    else:
+        torch.distributed.broadcast(tensor, src=0)
