@@ -1,0 +1,204 @@
+"""TaskShiftDetector: TAME's loss-statistics task-shift test as a callback for any LightningModule."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+from typing_extensions import override
+
+from lightning_autoopt.continual.detector import LossShiftDetector
+
+
+class TaskShiftDetector(Callback):
+    """Detects task shifts in a data stream from the training loss the module already computes.
+
+    After every optimizer step, the mean training loss of the step (the ``loss`` returned by ``training_step``,
+    averaged over accumulated micro-batches and over ranks) is fed to a
+    :class:`~lightning_autoopt.continual.LossShiftDetector`: the EMA of the loss is compared against
+    ``mean(window) + k_sigma * max(std(window), std_floor)`` (TAME, spec B4). No extra forward pass is run.
+
+    On a shift the callback
+
+    * calls ``pl_module.on_task_shift(trainer, info)`` if the module defines it, and
+      ``callback.on_task_shift(trainer, pl_module, info)`` on every other callback that defines it (e.g.
+      :class:`~lightning_autoopt.continual.DCO`), where ``info = {"step", "shift_index", "loss_ema", "threshold"}``;
+    * optionally resets the optimizers' state, restores the initial learning rates, and saves a checkpoint.
+
+    It logs ``task_shift/loss_ema``, ``task_shift/threshold``, ``task_shift/shifts`` and ``task_shift/nonfinite``.
+    NaN/inf losses are skipped and counted; they never trigger a shift. All ranks decide identically because the
+    loss is averaged over ranks before the test.
+
+    Args:
+        window: Window of recent losses that defines the threshold (TAME split-MNIST: 35).
+        ema_alpha: EMA weight of the newest loss (TAME: 0.2).
+        k_sigma: Standard deviations above the window mean that make a shift (TAME: 3).
+        std_floor: Lower bound of the window std (TAME: 0.005).
+        min_history: Losses needed in the window before the test may fire (after the start and after each shift).
+        initial_loss: Seed of the window, e.g. ``ln(num_classes)``; ``None`` seeds with the first loss.
+        loss_key: Key of the loss when ``training_step`` returns a dict.
+        reset_optimizer_state: On a shift, clear every optimizer's state (momentum, Adam moments).
+        restore_initial_lr: On a shift, set every parameter group's learning rate back to its value at the start of
+            training. A scheduler that sets the LR from its own counter will override it at its next step.
+        save_checkpoint: On a shift, save a checkpoint ``task_shift_step{step}.ckpt`` in ``dirpath`` (default: the
+            trainer's ``default_root_dir``).
+        dirpath: Where shift checkpoints go.
+        verbose: Print a line on every shift (rank zero).
+
+    Raises:
+        ValueError: If a detector argument is out of range or ``loss_key`` is empty.
+
+    Example::
+
+        trainer = Trainer(callbacks=[TaskShiftDetector(window=35, ema_alpha=0.2, reset_optimizer_state=True)])
+    """
+
+    def __init__(
+        self,
+        window: int = 35,
+        ema_alpha: float = 0.2,
+        k_sigma: float = 3.0,
+        std_floor: float = 0.005,
+        min_history: int = 5,
+        initial_loss: float | None = None,
+        loss_key: str = "loss",
+        reset_optimizer_state: bool = False,
+        restore_initial_lr: bool = False,
+        save_checkpoint: bool = False,
+        dirpath: str | None = None,
+        verbose: bool = True,
+    ) -> None:
+        super().__init__()
+        if not loss_key:
+            raise ValueError("`loss_key` must be a non-empty string naming the loss in training_step's output dict.")
+        self.detector = LossShiftDetector(
+            window=window,
+            ema_alpha=ema_alpha,
+            k_sigma=k_sigma,
+            std_floor=std_floor,
+            min_history=min_history,
+            initial_loss=initial_loss,
+        )
+        self.loss_key = loss_key
+        self.reset_optimizer_state = reset_optimizer_state
+        self.restore_initial_lr = restore_initial_lr
+        self.save_checkpoint = save_checkpoint
+        self.dirpath = dirpath
+        self.verbose = verbose
+        self.shift_steps: list[int] = []
+        self.initial_lrs: list[list[float]] | None = None
+        self._pending_sum = 0.0
+        self._pending_count = 0
+        self._last_step: int | None = None
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            window=self.detector.window_size, ema_alpha=self.detector.ema_alpha, k_sigma=self.detector.k_sigma
+        )
+
+    @property
+    def num_shifts(self) -> int:
+        return len(self.shift_steps)
+
+    # ------------------------------------------------------------------ hooks
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.initial_lrs is None:  # not restored from a checkpoint
+            self.initial_lrs = [[float(g["lr"]) for g in opt.param_groups] for opt in trainer.optimizers]
+        if self._last_step is None:
+            self._last_step = trainer.global_step
+
+    def _extract_loss(self, outputs: Any) -> torch.Tensor | None:
+        if isinstance(outputs, torch.Tensor):
+            return outputs
+        if isinstance(outputs, dict) and isinstance(outputs.get(self.loss_key), torch.Tensor):
+            return outputs[self.loss_key]
+        return None
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = self._extract_loss(outputs)
+        # The same value on every rank even when one rank's output is missing (NaN -> skipped everywhere).
+        value = float(loss.detach().float().mean()) if loss is not None else float("nan")
+        self._pending_sum += value
+        self._pending_count += 1
+        # Count in optimizer steps: with gradient accumulation, wait for the step; under manual optimization
+        # without Lightning optimizers (global_step never moves), test every batch.
+        stepped = trainer.global_step != self._last_step
+        if not stepped and pl_module.automatic_optimization:
+            return
+        self._last_step = trainer.global_step
+        mean_loss = torch.tensor(self._pending_sum / self._pending_count, dtype=torch.float64, device=pl_module.device)
+        self._pending_sum, self._pending_count = 0.0, 0
+        # Every rank reaches this line at the same step, so the collective is never behind a rank-dependent branch.
+        mean_loss = trainer.strategy.reduce(mean_loss, reduce_op="mean")
+        value = float(mean_loss)
+        shift = self.detector.update(value)
+        if math.isfinite(value):
+            pl_module.log("task_shift/loss_ema", float(self.detector.smoothed), on_step=True, on_epoch=False)
+            if math.isfinite(self.detector.threshold):
+                pl_module.log("task_shift/threshold", self.detector.threshold, on_step=True, on_epoch=False)
+        pl_module.log("task_shift/shifts", float(self.num_shifts + int(shift)), on_step=True, on_epoch=False)
+        pl_module.log("task_shift/nonfinite", float(self.detector.num_nonfinite), on_step=True, on_epoch=False)
+        if shift:
+            self._on_shift(trainer, pl_module)
+
+    def _on_shift(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        step = trainer.global_step
+        self.shift_steps.append(step)
+        info = {
+            "step": step,
+            "shift_index": len(self.shift_steps),
+            "loss_ema": self.detector.smoothed,
+            "threshold": self.detector.threshold,
+        }
+        if self.verbose:
+            rank_zero_info(f"[TaskShiftDetector] task shift #{len(self.shift_steps)} detected at step {step}.")
+        if self.reset_optimizer_state:
+            for opt in trainer.optimizers:
+                opt.state = defaultdict(dict)
+        if self.restore_initial_lr and self.initial_lrs is not None:
+            for opt, lrs in zip(trainer.optimizers, self.initial_lrs):
+                for group, lr in zip(opt.param_groups, lrs):
+                    group["lr"] = lr
+        hook = getattr(pl_module, "on_task_shift", None)
+        if callable(hook):
+            hook(trainer, info)
+        for callback in trainer.callbacks:
+            cb_hook = getattr(callback, "on_task_shift", None)
+            if callback is not self and callable(cb_hook):
+                cb_hook(trainer, pl_module, info)
+        if self.save_checkpoint:
+            dirpath = self.dirpath or trainer.default_root_dir
+            trainer.save_checkpoint(os.path.join(dirpath, f"task_shift_step{step}.ckpt"))
+
+    # ------------------------------------------------------------------ persistence
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "detector": self.detector.state_dict(),
+            "shift_steps": list(self.shift_steps),
+            "initial_lrs": self.initial_lrs,
+            "pending_sum": self._pending_sum,
+            "pending_count": self._pending_count,
+            "last_step": self._last_step,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.detector.load_state_dict(state_dict["detector"])
+        self.shift_steps = [int(s) for s in state_dict["shift_steps"]]
+        self.initial_lrs = state_dict["initial_lrs"]
+        self._pending_sum = float(state_dict["pending_sum"])
+        self._pending_count = int(state_dict["pending_count"])
+        self._last_step = state_dict["last_step"]

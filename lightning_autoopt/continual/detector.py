@@ -1,0 +1,187 @@
+"""TAME's statistical task-shift test on a stream of training losses (pure Python, no Trainer).
+
+The test (TAME, Zhu et al. 2022, spec B4): an exponential moving average (EMA) of the loss is compared against a
+threshold built from a window of recent losses, ``mean(window) + k * max(std(window), std_floor)`` (population
+std). The window only holds losses of batches the model *trained on* while the current task was active, so the
+threshold describes the loss of the current task; a loss that rises far above it marks a new task.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any
+
+
+class LossShiftDetector:
+    """Detects a task shift as a statistically significant rise of the (smoothed) training loss.
+
+    Two ways to use it:
+
+    * single model (the :class:`~lightning_autoopt.callbacks.TaskShiftDetector` callback): call :meth:`update` with
+      each batch's loss; it returns ``True`` on a shift and then restarts its statistics on the new task;
+    * one detector per expert (the TAME learner): :meth:`observe` every batch, :meth:`exceeds` to test,
+      :meth:`record` after the expert trained on a batch, :meth:`fits` / :meth:`reactivate` to re-use an expert.
+
+    Args:
+        window: Number of recent trained-on losses that define the threshold (TAME split-MNIST: 35).
+        ema_alpha: Weight of the newest loss in the EMA, ``s <- alpha * loss + (1 - alpha) * s`` (TAME: 0.2).
+        k_sigma: Number of standard deviations above the window mean that counts as a shift (TAME: 3).
+        std_floor: Lower bound on the window's std, so a very flat loss does not make the test hair-trigger (0.005).
+        min_history: The test stays silent until the window holds at least this many losses (after a start or a
+            shift). TAME's code tests from the first batch; a few batches of warm-up avoid firing on the noisy
+            first steps of a new task. Use 1 to reproduce the reference.
+        initial_loss: Seed of the window and the EMAs, e.g. ``ln(num_classes)`` (the loss of a uniform guess), as
+            TAME does for a fresh expert. ``None`` seeds them with the first finite loss seen instead.
+
+    Raises:
+        ValueError: If an argument is out of range.
+
+    Example::
+
+        detector = LossShiftDetector(window=35, ema_alpha=0.2)
+        for loss in losses:
+            if detector.update(loss):
+                print("new task at", detector.steps)
+    """
+
+    def __init__(
+        self,
+        window: int = 35,
+        ema_alpha: float = 0.2,
+        k_sigma: float = 3.0,
+        std_floor: float = 0.005,
+        min_history: int = 5,
+        initial_loss: float | None = None,
+    ) -> None:
+        if int(window) != window or window < 2:
+            raise ValueError(f"`window` must be an integer >= 2, got {window!r}.")
+        if not 0.0 < ema_alpha <= 1.0:
+            raise ValueError(f"`ema_alpha` must be in (0, 1], got {ema_alpha!r}.")
+        if not k_sigma > 0.0:
+            raise ValueError(f"`k_sigma` must be > 0, got {k_sigma!r}.")
+        if not std_floor >= 0.0:
+            raise ValueError(f"`std_floor` must be >= 0, got {std_floor!r}.")
+        if int(min_history) != min_history or not 1 <= min_history <= window:
+            raise ValueError(f"`min_history` must be an integer in [1, window={window}], got {min_history!r}.")
+        if initial_loss is not None and not math.isfinite(initial_loss):
+            raise ValueError(f"`initial_loss` must be finite or None, got {initial_loss!r}.")
+        self.window_size = int(window)
+        self.ema_alpha = float(ema_alpha)
+        self.k_sigma = float(k_sigma)
+        self.std_floor = float(std_floor)
+        self.min_history = int(min_history)
+        self.initial_loss = initial_loss
+        self.window: deque[float] = deque(maxlen=self.window_size)
+        self.smoothed: float | None = None  # EMA over every batch observed (TAME: all_smoothed)
+        self.active_smoothed: float | None = None  # EMA over trained-on batches only
+        self.threshold: float = math.inf
+        self.steps = 0  # finite losses observed
+        self.num_shifts = 0
+        self.num_nonfinite = 0
+        self.reset(initial_loss)
+
+    # ------------------------------------------------------------------ primitives (per-expert use)
+    def reset(self, seed_loss: float | None = None) -> None:
+        """Forget the window and the EMAs; seed them with ``seed_loss`` if given (counters are kept)."""
+        self.window.clear()
+        self.smoothed = self.active_smoothed = None
+        self.threshold = math.inf
+        if seed_loss is not None:
+            self.smoothed = self.active_smoothed = float(seed_loss)
+            self.window.append(float(seed_loss))
+            self._refresh_threshold()
+
+    def _ema(self, previous: float | None, loss: float) -> float:
+        return loss if previous is None else self.ema_alpha * loss + (1.0 - self.ema_alpha) * previous
+
+    def _refresh_threshold(self) -> None:
+        n = len(self.window)
+        mean = sum(self.window) / n
+        std = math.sqrt(max(sum((v - mean) ** 2 for v in self.window) / n, 0.0))
+        self.threshold = mean + self.k_sigma * max(std, self.std_floor)
+
+    def observe(self, loss: float) -> bool:
+        """Update the all-batches EMA with ``loss``; returns ``False`` (and counts it) if the loss is NaN/inf."""
+        loss = float(loss)
+        if not math.isfinite(loss):
+            self.num_nonfinite += 1
+            return False
+        self.steps += 1
+        self.smoothed = self._ema(self.smoothed, loss)
+        return True
+
+    def exceeds(self) -> bool:
+        """Whether the all-batches EMA is above the threshold (silent until ``min_history`` losses are recorded)."""
+        if self.smoothed is None or len(self.window) < self.min_history:
+            return False
+        return self.smoothed > self.threshold
+
+    def record(self, loss: float) -> None:
+        """Add the (pre-update) loss of a batch the model trained on: window, active EMA and threshold."""
+        loss = float(loss)
+        if not math.isfinite(loss):
+            return
+        self.window.append(loss)
+        self.active_smoothed = self._ema(self.active_smoothed, loss)
+        self._refresh_threshold()
+
+    def tentative(self, loss: float) -> float:
+        """The active EMA this loss would give: ``alpha * loss + (1 - alpha) * active_smoothed``."""
+        return self._ema(self.active_smoothed, float(loss))
+
+    def fits(self, loss: float) -> bool:
+        """TAME's re-use test: the tentative active EMA is below this detector's (frozen) threshold."""
+        loss = float(loss)
+        return math.isfinite(loss) and self.tentative(loss) < self.threshold
+
+    def reactivate(self, loss: float) -> None:
+        """Make this detector current again after :meth:`fits`: its all-batches EMA restarts at the tentative EMA."""
+        self.smoothed = self.tentative(loss)
+
+    # ------------------------------------------------------------------ single-model use
+    def update(self, loss: float) -> bool:
+        """Feed one batch's loss; returns ``True`` if a task shift is detected at this batch.
+
+        NaN/inf losses are ignored (counted in ``num_nonfinite``). On a shift the statistics restart on the new
+        task, seeded with the loss that revealed it, so the next shift is measured against the new task's loss.
+        """
+        if not self.observe(loss):
+            return False
+        loss = float(loss)
+        if self.window and self.exceeds():
+            self.num_shifts += 1
+            self.reset(loss)
+            return True
+        if not self.window:  # first finite loss (no seed given)
+            self.reset(loss)
+            return False
+        self.record(loss)
+        return False
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "window": list(self.window),
+            "smoothed": self.smoothed,
+            "active_smoothed": self.active_smoothed,
+            "threshold": self.threshold,
+            "steps": self.steps,
+            "num_shifts": self.num_shifts,
+            "num_nonfinite": self.num_nonfinite,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.window = deque((float(v) for v in state["window"]), maxlen=self.window_size)
+        self.smoothed = state["smoothed"]
+        self.active_smoothed = state["active_smoothed"]
+        self.threshold = float(state["threshold"])
+        self.steps = int(state["steps"])
+        self.num_shifts = int(state["num_shifts"])
+        self.num_nonfinite = int(state["num_nonfinite"])
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(window={self.window_size}, ema_alpha={self.ema_alpha}, k_sigma={self.k_sigma}, "
+            f"std_floor={self.std_floor}, min_history={self.min_history}, initial_loss={self.initial_loss})"
+        )

@@ -1,0 +1,88 @@
+import math
+import random
+
+import pytest
+
+from lightning_autoopt.continual.detector import LossShiftDetector
+from lightning_autoopt.continual.metrics import boundaries_from_task_ids, forgetting, match_detections
+
+
+def _noisy(rng: random.Random, level: float, sigma: float, n: int) -> list[float]:
+    return [level + rng.gauss(0.0, sigma) for _ in range(n)]
+
+
+def test_fires_within_a_few_batches_of_a_step_change():
+    rng = random.Random(0)
+    det = LossShiftDetector()
+    stream = _noisy(rng, 0.3, 0.03, 300) + _noisy(rng, 1.5, 0.03, 100)
+    fired = [i for i, v in enumerate(stream) if det.update(v)]
+    assert fired and fired[0] >= 300
+    assert fired[0] - 300 <= 3
+    assert len(fired) == 1  # the statistics restart on the new task: no repeated alarms
+    assert det.num_shifts == 1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_never_fires_on_a_stationary_noisy_stream(seed):
+    rng = random.Random(seed)
+    det = LossShiftDetector()
+    assert not any(det.update(v) for v in _noisy(rng, 0.5, 0.1, 5000))
+    # A slowly decreasing training loss with noise does not fire either.
+    det = LossShiftDetector()
+    losses = [2.3 * math.exp(-i / 300) + 0.1 + rng.gauss(0, 0.05) for i in range(5000)]
+    assert not any(det.update(v) for v in losses)
+
+
+def test_nan_and_inf_are_ignored_and_counted():
+    det = LossShiftDetector(min_history=2)
+    for v in [0.5] * 20:
+        det.update(v)
+    state = det.state_dict()
+    assert det.update(float("nan")) is False
+    assert det.update(float("inf")) is False
+    assert det.num_nonfinite == 2
+    assert det.smoothed == state["smoothed"] and list(det.window) == state["window"]
+    assert det.update(5.0)  # a real jump still fires
+
+
+def test_threshold_is_mean_plus_k_max_std_floor():
+    det = LossShiftDetector(window=4, k_sigma=3.0, std_floor=0.005, min_history=1)
+    for v in [1.0, 1.0, 1.0, 1.0]:
+        det.update(v)
+    assert det.threshold == pytest.approx(1.0 + 3 * 0.005)
+    for v in [1.0, 2.0, 1.0, 2.0]:
+        det.record(v)
+    assert det.threshold == pytest.approx(1.5 + 3 * 0.5)
+
+
+def test_reuse_test_and_state_roundtrip():
+    det = LossShiftDetector(initial_loss=math.log(10), min_history=1)
+    assert det.window[0] == pytest.approx(math.log(10))
+    for _ in range(50):
+        det.observe(0.2)
+        det.record(0.2)
+    assert det.fits(0.25) and not det.fits(3.0)
+    det.reactivate(0.25)
+    assert det.smoothed == pytest.approx(0.2 * 0.25 + 0.8 * det.active_smoothed)
+    clone = LossShiftDetector(initial_loss=1.0)
+    clone.load_state_dict(det.state_dict())
+    assert clone.state_dict() == det.state_dict()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"window": 1}, {"ema_alpha": 0.0}, {"ema_alpha": 1.5}, {"k_sigma": 0}, {"std_floor": -1}, {"min_history": 0},
+     {"min_history": 100}, {"initial_loss": float("nan")}],
+)
+def test_bad_args_raise(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        LossShiftDetector(**kwargs)
+
+
+def test_match_detections_and_forgetting():
+    assert boundaries_from_task_ids([0, 0, 1, 1, 2]) == [2, 4]
+    out = match_detections([3, 10, 21], [2, 20], max_delay=5)
+    assert out["delays"] == [1, 1] and out["false_detections"] == 1 and out["missed"] == 0
+    out = match_detections([], [5], max_delay=5)
+    assert out["missed"] == 1 and out["mean_delay"] is None
+    assert forgetting([[1.0, 0.0], [0.5, 0.9]]) == pytest.approx(0.5)
