@@ -1,0 +1,80 @@
+"""Loss-landscape probes as pure functions (no Trainer): loss functional, HVPs, spectra and sharpness measures.
+
+Example::
+
+    from lightning_autoopt.landscape import compute_measure, list_measures, make_fixed_batches
+
+    batches = make_fixed_batches(train_set, num_samples=512, batch_size=128, seed=0)
+    for name in list_measures():
+        print(name, compute_measure(name, model, batches, init_params=theta0))
+"""
+
+from lightning_autoopt.landscape.hvp import DenseOperator, HVPOperator
+from lightning_autoopt.landscape.loss import LossFunctional, evaluation_mode, make_fixed_batches
+from lightning_autoopt.landscape.measures import (
+    eps_sharpness,
+    fisher_rao,
+    hessian_fro,
+    hessian_top,
+    hessian_trace,
+    local_entropy,
+    lpf,
+    pac_bayes,
+    shannon,
+)
+from lightning_autoopt.landscape.normalize import filter_normalized_copy, filter_scales
+from lightning_autoopt.landscape.registry import (
+    MeasureInfo,
+    check_measure_kwargs,
+    compute_measure,
+    get_measure,
+    list_measures,
+)
+from lightning_autoopt.landscape.snapshot import ParamSnapshot
+from lightning_autoopt.landscape.spectrum import (
+    TraceEstimate,
+    density_on_grid,
+    frobenius_norm,
+    hutchinson_trace,
+    lanczos,
+    power_iteration,
+    rademacher,
+    slq_density,
+    top_eigenvalues,
+    tridiagonal_eigenvalues,
+)
+
+__all__ = [
+    "DenseOperator",
+    "HVPOperator",
+    "LossFunctional",
+    "MeasureInfo",
+    "ParamSnapshot",
+    "TraceEstimate",
+    "check_measure_kwargs",
+    "compute_measure",
+    "density_on_grid",
+    "eps_sharpness",
+    "evaluation_mode",
+    "filter_normalized_copy",
+    "filter_scales",
+    "fisher_rao",
+    "frobenius_norm",
+    "get_measure",
+    "hessian_fro",
+    "hessian_top",
+    "hessian_trace",
+    "hutchinson_trace",
+    "lanczos",
+    "list_measures",
+    "local_entropy",
+    "lpf",
+    "make_fixed_batches",
+    "pac_bayes",
+    "power_iteration",
+    "rademacher",
+    "shannon",
+    "slq_density",
+    "top_eigenvalues",
+    "tridiagonal_eigenvalues",
+]

@@ -1,0 +1,210 @@
+"""Registry of sharpness measures by name, with descriptive records of their defaults (timm-style)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_autoopt.landscape import measures as _m
+from lightning_autoopt.landscape.loss import Batch, LossFn, LossFunctional
+from lightning_autoopt.landscape.normalize import filter_normalized_copy, filter_scales
+from lightning_autoopt.landscape.snapshot import ParamSnapshot
+
+
+@dataclass(frozen=True)
+class MeasureInfo:
+    """What a registered measure is and how it is computed.
+
+    Attributes:
+        name: Registry key, e.g. ``"lpf"``.
+        fn: The pure function ``fn(functional, *, generator, **defaults) -> float``.
+        defaults: Keyword arguments and their default values (read-only).
+        description: One line: what the number means.
+        cost: Rough cost in loss passes over the probe batches.
+        needs_init: Whether the measure needs the initial weights (``init_params``).
+        larger_is_sharper: Orientation: ``True`` when a larger value means a sharper minimum.
+    """
+
+    name: str
+    fn: Callable[..., float]
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+    cost: str = ""
+    needs_init: bool = False
+    larger_is_sharper: bool = True
+
+
+def _info(name: str, fn: Callable[..., float], defaults: dict[str, Any], **kwargs: Any) -> MeasureInfo:
+    return MeasureInfo(name=name, fn=fn, defaults=MappingProxyType(defaults), **kwargs)
+
+
+_REGISTRY: dict[str, MeasureInfo] = {
+    info.name: info
+    for info in (
+        _info(
+            "lpf",
+            _m.lpf,
+            {"sigma": 0.01, "num_samples": 100},
+            description="Gaussian-smoothed loss E[L(θ+u)], u~N(0,σ²I) (Bisla et al. 2022)",
+            cost="num_samples loss passes",
+        ),
+        _info(
+            "eps_sharpness",
+            _m.eps_sharpness,
+            {"eps": 0.1, "tol": 1e-6, "max_iter": 60},
+            description="1/‖Δθ‖ of the gradient-direction step that raises the loss by eps",
+            cost="1 gradient pass + ~20-60 loss passes",
+        ),
+        _info(
+            "pac_bayes",
+            _m.pac_bayes,
+            {
+                "target": "loss",
+                "eps": 0.1,
+                "mc_samples": 10,
+                "tol": 1e-3,
+                "delta": 1e-6,
+                "sigma_min": 1e-6,
+                "sigma_max": 100.0,
+                "max_iter": 30,
+                "num_train_samples": None,
+            },
+            description="‖θ−θ₀‖²/(4σ²)+log(2N/δ), σ the noise level raising the loss (or error) by eps",
+            cost="max_iter × mc_samples loss passes",
+            needs_init=True,
+        ),
+        _info(
+            "hessian_top",
+            _m.hessian_top,
+            {"backend": "autograd", "method": "lanczos", "max_iter": 100, "tol": 1e-3},
+            description="largest Hessian eigenvalue λ_max",
+            cost="≤ max_iter HVP passes (Lanczos usually stops after 10-30)",
+        ),
+        _info(
+            "hessian_trace",
+            _m.hessian_trace,
+            {"backend": "func", "num_probes": 100, "block_size": 10, "method": "hutchinson"},
+            description="Hessian trace by Hutchinson (Rademacher) or Hutch++",
+            cost="num_probes HVPs in blocks",
+        ),
+        _info(
+            "hessian_fro",
+            _m.hessian_fro,
+            {"backend": "func", "num_probes": 10, "block_size": 10},
+            description="Hessian Frobenius norm sqrt(E‖Hv‖²)",
+            cost="num_probes HVPs",
+        ),
+        _info(
+            "fisher_rao",
+            _m.fisher_rao,
+            {"backend": "autograd"},
+            description="θᵀHθ (the reference's 'Fisher-Rao norm', computed with the Hessian)",
+            cost="1 HVP pass",
+        ),
+        _info(
+            "shannon",
+            _m.shannon,
+            {},
+            description="mean predictive entropy (nats)",
+            cost="1 loss pass",
+            larger_is_sharper=False,
+        ),
+        _info(
+            "local_entropy",
+            _m.local_entropy,
+            {"num_steps": 20, "lr": 0.1, "ema": 0.75, "noise": 1e-4, "gamma": 1e-4, "max_batches": None},
+            description="μ_LE: mean ‖θ−μ_b‖ of Entropy-SGD's Langevin inner loop",
+            cost="num_steps gradient passes per batch",
+        ),
+    )
+}
+
+
+def list_measures() -> list[str]:
+    """Names of all registered measures, in registration order."""
+    return list(_REGISTRY)
+
+
+def get_measure(name: str) -> MeasureInfo:
+    """The :class:`MeasureInfo` record of ``name``.
+
+    Raises:
+        ValueError: If ``name`` is not registered (the message lists the valid names).
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"Unknown sharpness measure {name!r}; choose from {list_measures()}.")
+    return _REGISTRY[name]
+
+
+def check_measure_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
+    """Raise a ``ValueError`` naming any keyword that measure ``name`` does not accept."""
+    info = get_measure(name)
+    unknown = sorted(set(kwargs) - set(info.defaults) - {"init_params"})
+    if unknown:
+        raise ValueError(
+            f"Measure {name!r} got unknown argument(s) {unknown}; its arguments are {sorted(info.defaults)}."
+        )
+
+
+def compute_measure(
+    name: str,
+    model: nn.Module,
+    batches: Sequence[Batch],
+    *,
+    loss_fn: str | LossFn = "cross_entropy",
+    seed: int = 0,
+    generator: torch.Generator | None = None,
+    normalize: bool = False,
+    **kwargs: Any,
+) -> float:
+    """Compute measure ``name`` of ``model`` on the fixed ``batches``; the model is left exactly as it was.
+
+    Weights, buffers, ``requires_grad``, ``.grad``, train/eval modes and the global RNG are snapshotted and restored.
+    A non-finite loss or non-finite weights give ``nan`` instead of an exception.
+
+    Args:
+        name: A registered measure (see :func:`list_measures`).
+        model: The network; ``model(x)`` returns logits.
+        batches: Fixed ``(x, y)`` batches (e.g. from :func:`make_fixed_batches`).
+        loss_fn: ``"cross_entropy"``, ``"mse"`` or a callable with mean reduction.
+        seed: Seed of the private generator (ignored when ``generator`` is given).
+        generator: Private RNG to use instead of a fresh ``torch.Generator().manual_seed(seed)``.
+        normalize: Measure a filter-normalised deep copy (:func:`filter_normalized_copy`) instead of the model.
+        **kwargs: Overrides of the measure's defaults (``get_measure(name).defaults``); ``pac_bayes`` also takes
+            ``init_params`` (flat initial weights in the layout of the trainable parameters).
+
+    Returns:
+        The measure as a Python float (``nan`` when the loss or the weights are not finite).
+
+    Raises:
+        ValueError: On an unknown measure or argument.
+
+    Example::
+
+        batches = make_fixed_batches(train_set, num_samples=512, batch_size=128, seed=0)
+        print(compute_measure("lpf", model, batches, sigma=0.01, num_samples=20))
+    """
+    info = get_measure(name)
+    check_measure_kwargs(name, kwargs)
+    options = {**info.defaults, **kwargs}
+    gen = generator if generator is not None else torch.Generator().manual_seed(int(seed))
+    with ParamSnapshot(model):
+        target = model
+        if normalize:
+            if options.get("init_params") is not None:
+                scales = filter_scales(model)
+                divisor = torch.cat([scales[n].reshape(-1) for n, p in model.named_parameters() if p.requires_grad])
+                options["init_params"] = options["init_params"].reshape(-1).to(divisor) / divisor
+            target = filter_normalized_copy(model)
+        functional = LossFunctional(target, batches, loss_fn)
+        if not bool(torch.isfinite(functional.get_flat()).all()) or not math.isfinite(functional.loss()):
+            return float("nan")
+        if not info.needs_init:
+            options.pop("init_params", None)
+        return float(info.fn(functional, generator=gen, **options))
