@@ -1,0 +1,30 @@
+"""Local-update distributed strategies; importing this package registers their names with Lightning.
+
+Registered (each also as ``<name>_spawn`` and ``<name>_fork``): ``lsgd``, ``easgd``, ``localsgd``.
+New strategies subclass :class:`LocalUpdateStrategy` and call :func:`register_strategy` here.
+"""
+
+from lightning_autoopt.strategies.easgd import EASGDStrategy
+from lightning_autoopt.strategies.local_sgd import LocalSGDStrategy
+from lightning_autoopt.strategies.local_update import (
+    LocalUpdateStrategy,
+    check_period,
+    check_strength,
+    register_strategy,
+    registered_strategies,
+)
+from lightning_autoopt.strategies.lsgd import LSGDStrategy
+
+for _cls in (LSGDStrategy, EASGDStrategy, LocalSGDStrategy):
+    register_strategy(_cls)
+
+__all__ = [
+    "EASGDStrategy",
+    "LSGDStrategy",
+    "LocalSGDStrategy",
+    "LocalUpdateStrategy",
+    "check_period",
+    "check_strength",
+    "register_strategy",
+    "registered_strategies",
+]

@@ -1,0 +1,167 @@
+"""Flat-buffer collectives and the pure update rules shared by the local-update strategies.
+
+Everything here works on plain tensors (no ``Trainer``), so it can be unit-tested on a gloo process group and reused
+from plain PyTorch. Parameters always travel as **one flat buffer per collective**, never one collective per tensor.
+
+Byte accounting convention (used for ``dist/bytes_sent``): a collective over a buffer of ``n`` elements counts
+``n * element_size`` bytes for every participating rank, whatever the algorithm underneath (ring, tree). This is the
+same convention as "DDP sends ``4 * num_params`` bytes per step" (one all-reduce of the fp32 gradients), so the two are
+directly comparable.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def flatten(tensors: Iterable[Tensor]) -> Tensor:
+    """Concatenate ``tensors`` (detached) into one new contiguous 1-D buffer."""
+    parts = [t.detach().reshape(-1) for t in tensors]
+    if not parts:
+        return torch.zeros(0)
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def unflatten_(flat: Tensor, tensors: Sequence[Tensor]) -> None:
+    """Copy the 1-D buffer ``flat`` back into ``tensors`` in place (inverse of :func:`flatten`).
+
+    Raises:
+        ValueError: If the buffer size does not match the total number of elements.
+    """
+    total = sum(t.numel() for t in tensors)
+    if flat.numel() != total:
+        raise ValueError(f"flat buffer has {flat.numel()} elements but the tensors hold {total}")
+    offset = 0
+    for t in tensors:
+        n = t.numel()
+        t.copy_(flat[offset : offset + n].view_as(t))
+        offset += n
+
+
+def nbytes(tensor: Tensor) -> int:
+    """Payload size of ``tensor`` in bytes (the unit of ``dist/bytes_sent``)."""
+    return tensor.numel() * tensor.element_size()
+
+
+def require_process_group() -> None:
+    """Raise a clear error when no default process group exists.
+
+    Raises:
+        RuntimeError: If ``torch.distributed`` is unavailable or not initialized.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError(
+            "This strategy needs an initialized torch.distributed process group. Launch training through the "
+            "Trainer (devices>=2, or torchrun/SLURM), or call torch.distributed.init_process_group first."
+        )
+
+
+def all_reduce_mean_(flat: Tensor, group: Any = None) -> int:
+    """Average ``flat`` over the ranks of ``group`` in place with one all-reduce. Returns the bytes sent."""
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+    flat.div_(dist.get_world_size(group))
+    return nbytes(flat)
+
+
+def broadcast_(flat: Tensor, src: int, group: Any = None) -> int:
+    """Broadcast ``flat`` from global rank ``src`` to ``group`` in place. Returns the bytes sent."""
+    dist.broadcast(flat, src=src, group=group)
+    return nbytes(flat)
+
+
+def all_gather_scalar(value: float, group: Any = None, device: torch.device | str = "cpu") -> Tensor:
+    """Gather one float from every rank of ``group``; returns a float64 tensor ordered by group rank."""
+    world = dist.get_world_size(group)
+    mine = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    out = [torch.zeros(1, dtype=torch.float64, device=device) for _ in range(world)]
+    dist.all_gather(out, mine, group=group)
+    return torch.cat(out).cpu()
+
+
+def finite_or_inf(values: Tensor) -> Tensor:
+    """Map NaN and +-inf to +inf so a broken worker can never win an argmin."""
+    values = values.to(torch.float64).clone()
+    values[~torch.isfinite(values)] = math.inf
+    return values
+
+
+def argmin_lowest_index(values: Tensor) -> int | None:
+    """Index of the smallest finite value, ties broken by the lowest index; ``None`` when none is finite.
+
+    Example::
+
+        >>> argmin_lowest_index(torch.tensor([2.0, float("nan"), 1.0, 1.0]))
+        2
+    """
+    clean = finite_or_inf(values)
+    if not torch.isfinite(clean).any():
+        return None
+    best = clean.min()
+    return int(torch.nonzero(clean == best)[0].item())
+
+
+@torch.no_grad()
+def leader_pull_(flat: Tensor, leader: Tensor, strength: float) -> Tensor:
+    """The LSGD pull ``x <- x - strength * (x - leader)`` in place (``strength=1`` copies the leader)."""
+    flat.add_(leader - flat, alpha=strength)
+    return flat
+
+
+@torch.no_grad()
+def elastic_update_(flat: Tensor, center: Tensor, mean: Tensor, alpha: float, beta: float) -> None:
+    """One synchronous EASGD round, in place.
+
+    Workers move towards the *old* center, ``x <- (1 - alpha) x + alpha * center``; then the center moves towards
+    the worker mean taken *before* the pull, ``center <- (1 - beta) center + beta * mean``.
+    """
+    flat.mul_(1.0 - alpha).add_(center, alpha=alpha)
+    center.mul_(1.0 - beta).add_(mean, alpha=beta)
+
+
+def consensus_distance(flat: Tensor, mean: Tensor, group: Any = None) -> tuple[float, int]:
+    """Root-mean-square distance of the replicas to their mean, ``sqrt(mean_i ||x_i - mean||^2)``.
+
+    ``mean`` must already be the group mean of ``flat``. Costs one scalar all-reduce; returns ``(distance, bytes)``.
+    """
+    sq = torch.sum((flat.double() - mean.double()) ** 2).reshape(1)
+    dist.all_reduce(sq, op=dist.ReduceOp.SUM, group=group)
+    return math.sqrt(float(sq.item()) / dist.get_world_size(group)), nbytes(sq)
+
+
+def contiguous_groups(world_size: int, group_size: int) -> list[list[int]]:
+    """Split ranks ``0..world_size-1`` into consecutive groups of ``group_size`` (the node layout).
+
+    Raises:
+        ValueError: If ``group_size`` is < 1 or does not divide ``world_size``.
+    """
+    if group_size < 1 or world_size % group_size != 0:
+        raise ValueError(
+            f"group_size={group_size} must be >= 1 and divide the world size {world_size}; "
+            "choose a divisor of devices * num_nodes (or leave it None to group by node)."
+        )
+    return [list(range(start, start + group_size)) for start in range(0, world_size, group_size)]
+
+
+def new_groups(world_size: int, group_size: int) -> tuple[Any, list[int]]:
+    """Create every subgroup on every rank, in the same order (the rule ``new_group`` requires).
+
+    Returns ``(my_group, my_ranks)``; when one group spans the world the default group (``None``) is returned.
+    """
+    layout = contiguous_groups(world_size, group_size)
+    rank = dist.get_rank()
+    if len(layout) == 1:
+        return None, layout[0]
+    mine: Any = None
+    my_ranks: list[int] = []
+    for ranks in layout:  # every rank calls new_group for every group, in the same order
+        handle = dist.new_group(ranks=ranks)
+        if rank in ranks:
+            mine, my_ranks = handle, ranks
+    return mine, my_ranks

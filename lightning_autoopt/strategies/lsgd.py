@@ -1,0 +1,242 @@
+"""LSGD (Leader SGD): workers are pulled towards the best-performing worker, with optional local and global leaders.
+
+Paper: Teng, Gao, Kadra, Choromanska, "Leader Stochastic Gradient Descent for Distributed Training of Deep
+Learning Models", NeurIPS 2019. This is a synchronous re-implementation (every worker takes ``local_period``
+local steps, then a collective round), see ``docs/methods/lsgd.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_autoopt.strategies import _comm
+from lightning_autoopt.strategies.local_update import LocalUpdateStrategy, check_period, check_strength
+
+_LEADER_METRICS = ("loss", "grad_decrease")
+
+
+class LSGDStrategy(LocalUpdateStrategy):
+    """Leader SGD as a Lightning strategy: every ``period`` optimizer steps, ``x <- x - pull_strength (x - leader)``.
+
+    The leader is the worker with the lowest leader metric: the running mean of its last ``window`` training losses
+    (``leader_metric="loss"``, the paper's choice), or the SDTL proxy ``"grad_decrease"`` (an EMA 0.9/0.1 of the
+    first-order decrease estimate ``(x_prev - x_new) . grad`` of the last step; argmin as in the SDTL code). Ties go
+    to the lowest rank; a NaN/inf metric counts as +inf, so a diverged worker is never the leader (each
+    non-finite loss is counted in ``nonfinite_events`` and logged as ``dist/nonfinite_events``; a round where no
+    worker has a finite metric is skipped and counted in ``skipped_rounds``). The leader's parameters travel in
+    one flat broadcast from its rank.
+
+    **Multi-leader**: with more than one worker group (``group_size``, default one group per node) and a
+    ``local_period``, workers are pulled towards their group's leader every ``local_period`` steps (broadcast inside
+    the group) and towards the global leader every ``period`` steps. With one group only the global rounds run.
+
+    **Proximal pull** (2021 reference code): after every local step ``x <- x - (proximal_strength / period)
+    (x - stored_leader)`` towards the last broadcast global leader (and ``/ local_period`` towards the local leader),
+    no communication. Off by default.
+
+    The training loss is read without user changes from the optimizer closure (automatic optimization); under
+    manual optimization log it as ``loss_key`` before ``opt.step()``.
+
+    Args:
+        period: Optimizer steps between global-leader rounds (``tau_G``).
+        pull_strength: Global pull ``lambda_G`` in [0, 1]; 1 copies the leader.
+        local_period: Optimizer steps between local-leader rounds (``tau``); ``None`` disables local rounds.
+        local_pull_strength: Local pull ``lambda`` in [0, 1].
+        group_size: Workers per group for local leaders; ``None`` = devices per node.
+        window: Number of recent losses averaged for the leader choice; ``None`` = the shortest period.
+        leader_metric: ``"loss"`` or ``"grad_decrease"``.
+        proximal_strength: Per-step pull towards the stored leader(s), divided by the period; 0 disables.
+        buffer_policy: See :class:`LocalUpdateStrategy`.
+        eval_policy: ``"leader"`` (default), ``"average"`` or ``"local"``.
+        consensus_every: See :class:`LocalUpdateStrategy` (LSGD pays one diagnostic all-reduce for it).
+        loss_key: See :class:`LocalUpdateStrategy`.
+        **kwargs: Forwarded to :class:`~lightning.pytorch.strategies.DDPStrategy`.
+
+    Raises:
+        ValueError: If a period is < 1, a strength is outside [0, 1], ``window`` < 1 or the metric is unknown.
+
+    Example::
+
+        trainer = Trainer(accelerator="cpu", devices=4, strategy=LSGDStrategy(period=16, pull_strength=0.1))
+        trainer = Trainer(devices=2, strategy="lsgd")  # registered defaults
+    """
+
+    strategy_name = "lsgd"
+
+    def __init__(
+        self,
+        period: int = 16,
+        pull_strength: float = 0.1,
+        local_period: int | None = None,
+        local_pull_strength: float = 0.1,
+        group_size: int | None = None,
+        window: int | None = None,
+        leader_metric: str = "loss",
+        proximal_strength: float = 0.0,
+        buffer_policy: str = "local",
+        eval_policy: str = "leader",
+        consensus_every: int = 1,
+        loss_key: str = "train_loss",
+        **kwargs: Any,
+    ) -> None:
+        self.period = check_period("period", period)
+        self.local_period = check_period("local_period", local_period, allow_none=True)
+        self.pull_strength = check_strength("pull_strength", pull_strength)
+        self.local_pull_strength = check_strength("local_pull_strength", local_pull_strength)
+        self.proximal_strength = check_strength("proximal_strength", proximal_strength)
+        if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, int)):
+            raise ValueError(f"`group_size` must be an integer >= 1 or None, got {group_size!r}.")
+        if group_size is not None and group_size < 1:
+            raise ValueError(f"`group_size` must be >= 1 (workers per leader group), got {group_size}.")
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+            raise ValueError(f"`window` must be an integer >= 1 (losses averaged) or None, got {window!r}.")
+        if leader_metric not in _LEADER_METRICS:
+            raise ValueError(f"`leader_metric` must be one of {_LEADER_METRICS}, got {leader_metric!r}.")
+        super().__init__(
+            buffer_policy=buffer_policy,
+            eval_policy=eval_policy,
+            consensus_every=consensus_every,
+            loss_key=loss_key,
+            **kwargs,
+        )
+        self.group_size = group_size
+        self.leader_metric = leader_metric
+        self.window = window if window is not None else min(self.period, self.local_period or self.period)
+        self._losses: deque[float] = deque(maxlen=self.window)
+        self._decrease_ema = math.inf
+        self._prev_params: Tensor | None = None
+        self.leader_counts: list[int] = []
+        self.local_leader: int | None = None
+        self._stored_leader: Tensor | None = None
+        self._stored_local_leader: Tensor | None = None
+        self._group: Any = None
+        self._group_ranks: list[int] = []
+
+    # ------------------------------------------------------------------ setup
+    @property
+    def multi_leader(self) -> bool:
+        """Whether local-leader rounds run (more than one group and a ``local_period``)."""
+        return self.local_period is not None and 0 < len(self._group_ranks) < self.world_size
+
+    def setup_round_state(self) -> None:
+        self._group, self._group_ranks = self.make_groups(self.group_size)
+        if len(self.leader_counts) != self.world_size:
+            self.leader_counts = [0] * self.world_size
+        if self._stored_leader is not None:
+            self._stored_leader = self._stored_leader.to(self.root_device)
+        if self._stored_local_leader is not None:
+            self._stored_local_leader = self._stored_local_leader.to(self.root_device)
+
+    # ------------------------------------------------------------------ per step
+    def leader_metric_value(self) -> float:
+        """This worker's current leader metric (lower is better; +inf when unknown or non-finite)."""
+        if self.leader_metric == "grad_decrease":
+            return self._decrease_ema
+        if not self._losses:
+            return math.inf
+        value = sum(self._losses) / len(self._losses)
+        return value if math.isfinite(value) else math.inf
+
+    def on_before_local_step(self, step: int) -> None:
+        if self.leader_metric == "grad_decrease":
+            self._prev_params = self.flat_params()
+
+    def on_local_step(self, step: int) -> None:
+        if self.leader_metric == "loss":
+            loss = self.step_loss()
+            if not math.isfinite(loss):
+                self._note_nonfinite()
+                loss = math.inf  # stays in the window: never the leader until it slides out
+            self._losses.append(loss)
+        else:
+            assert self._prev_params is not None
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+            decrease = float(torch.dot(self._prev_params - self.flat_params(), _comm.flatten(grads)).item())
+            self._prev_params = None
+            if not math.isfinite(decrease):
+                self._note_nonfinite()
+                self._decrease_ema = math.inf
+            elif not math.isfinite(self._decrease_ema):
+                self._decrease_ema = decrease
+            else:
+                self._decrease_ema = 0.9 * self._decrease_ema + 0.1 * decrease
+        if self.proximal_strength > 0:
+            self._proximal_pull()
+
+    def _note_nonfinite(self) -> None:
+        self.nonfinite_events += 1
+        self.log_value("dist/nonfinite_events", self.nonfinite_events)
+
+    def _proximal_pull(self) -> None:
+        if self._stored_leader is None and self._stored_local_leader is None:
+            return
+        flat = self.flat_params()
+        if self._stored_leader is not None:
+            _comm.leader_pull_(flat, self._stored_leader, self.proximal_strength / self.period)
+        if self._stored_local_leader is not None and self.local_period is not None:
+            _comm.leader_pull_(flat, self._stored_local_leader, self.proximal_strength / self.local_period)
+        self.write_params(flat)
+
+    # ------------------------------------------------------------------ rounds
+    def round_due(self, step: int) -> bool:
+        if step % self.period == 0:
+            return True
+        return self.multi_leader and step % self.local_period == 0  # type: ignore[operator]
+
+    def on_round(self, step: int) -> None:
+        if self.multi_leader and step % self.local_period == 0:  # type: ignore[operator]
+            self._leader_round(self._group, self._group_ranks, self.local_pull_strength, scope="local")
+        if step % self.period == 0:
+            self._leader_round(None, list(range(self.world_size)), self.pull_strength, scope="global")
+
+    def _leader_round(self, group: Any, ranks: list[int], strength: float, scope: str) -> None:
+        values = self.gather_scalar(self.leader_metric_value(), group=group)
+        index = _comm.argmin_lowest_index(values)
+        if index is None:  # nobody has a finite metric: no decision this round
+            self.skipped_rounds += 1
+            self.log_value("dist/skipped_rounds", self.skipped_rounds)
+            return
+        leader = ranks[index]
+        flat = self.flat_params()
+        buffer = flat.clone() if self.global_rank == leader else torch.empty_like(flat)
+        self.count_bytes(_comm.broadcast_(buffer, src=leader, group=group))
+        if scope == "global" and self.consensus_due():
+            self.log_consensus(flat)
+        self.log_value(f"dist/{scope}_leader_distance", float(torch.linalg.vector_norm(flat - buffer).item()))
+        _comm.leader_pull_(flat, buffer, strength)
+        self.write_params(flat)
+        self.average_buffers(group)
+        if scope == "global":
+            self.leader = leader
+            self.leader_counts[leader] += 1
+            self._stored_leader = buffer
+            self.log_value("dist/leader", leader)
+        else:
+            self.local_leader = leader
+            self._stored_local_leader = buffer
+            self.log_value("dist/local_leader", leader)
+
+    # ------------------------------------------------------------------ state
+    def extra_state_dict(self) -> dict[str, Any]:
+        return {
+            "losses": list(self._losses),
+            "decrease_ema": self._decrease_ema,
+            "leader_counts": list(self.leader_counts),
+            "local_leader": self.local_leader,
+            "stored_leader": self._stored_leader,
+            "stored_local_leader": self._stored_local_leader,
+        }
+
+    def load_extra_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._losses = deque(state.get("losses", []), maxlen=self.window)
+        self._decrease_ema = float(state.get("decrease_ema", math.inf))
+        self.leader_counts = list(state.get("leader_counts", []))
+        self.local_leader = state.get("local_leader")
+        self._stored_leader = state.get("stored_leader")
+        self._stored_local_leader = state.get("stored_local_leader")
