@@ -1,5 +1,8 @@
 """LightningDataModules: MNIST-1D (generated locally, the default), scikit-learn digits, CIFAR-10 (torchvision)."""
 
+from lightning_autoopt.data.cifar import CIFAR10DataModule
+from lightning_autoopt.data.digits import DigitsDataModule
 from lightning_autoopt.data.mnist1d import MNIST1DDataModule
+from lightning_autoopt.data.streams import TaskStreamDataModule
 
-__all__ = ["MNIST1DDataModule"]
+__all__ = ["CIFAR10DataModule", "DigitsDataModule", "MNIST1DDataModule", "TaskStreamDataModule"]

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 class EpochSeededRandomSampler(Sampler[int]):
@@ -41,3 +41,18 @@ def check_loader_args(batch_size: int, num_workers: int) -> None:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size}.")
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0 (0 loads in the main process), got {num_workers}.")
+
+
+def make_loader(dataset: Dataset | None, batch_size: int, num_workers: int, seed: int, train: bool) -> DataLoader:
+    """A loader that shuffles with :class:`EpochSeededRandomSampler` when ``train``, and keeps order otherwise."""
+    if dataset is None:
+        raise RuntimeError("Call `setup()` (the Trainer does) before asking for a dataloader.")
+    sampler = EpochSeededRandomSampler(len(dataset), seed) if train else None  # type: ignore[arg-type]
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        # Persistent workers only make sense (and are only allowed) with worker processes.
+        persistent_workers=num_workers > 0,
+    )

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from typing_extensions import override
 
 from lightning_autoopt.data._cache import cache_key, load_npz, resolve_cache_dir, save_npz_atomic
-from lightning_autoopt.data._sampling import EpochSeededRandomSampler, check_loader_args
+from lightning_autoopt.data._sampling import check_loader_args, make_loader
 
 # Bump when the way arrays are produced or stored changes, so old cache files are not reused.
 _FORMAT_VERSION = 1
@@ -71,6 +71,7 @@ class MNIST1DDataModule(pl.LightningDataModule):
     num_classes: int = 10
     in_channels: int = 1
     input_length: int = 40
+    dims: int = 1
 
     def __init__(
         self,
@@ -189,17 +190,8 @@ class MNIST1DDataModule(pl.LightningDataModule):
         self.test_set = TensorDataset(x[b:], y[b:])
 
     # ------------------------------------------------------------------ loaders
-    def _loader(self, dataset: TensorDataset | None, train: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("Call `setup()` (the Trainer does) before asking for a dataloader.")
-        sampler = EpochSeededRandomSampler(len(dataset), self.seed) if train else None
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+    def _loader(self, dataset: Any, train: bool) -> DataLoader:
+        return make_loader(dataset, self.batch_size, self.num_workers, self.seed, train)
 
     @override
     def train_dataloader(self) -> DataLoader:
