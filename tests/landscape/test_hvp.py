@@ -1,0 +1,88 @@
+import pytest
+import torch
+from torch.func import functional_call, hessian
+
+from lightning_autoopt.landscape import HVPOperator, LossFunctional
+from tests.landscape._models import ConvBNNet, mlp_batches, tiny_mlp
+
+
+def exact_hessian(f: LossFunctional) -> torch.Tensor:
+    theta = f.get_flat()
+
+    def loss(flat):
+        out = 0.0
+        for (x, y), w in zip(f.batches, f.weights):
+            out = out + w * f.loss_fn(functional_call(f.model, f.unflatten(flat), (x,)), y)
+        return out
+
+    with f.context():
+        return hessian(loss)(theta)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("backend", ["autograd", "func"])
+def test_backends_match_torch_func_hessian(backend, dtype):
+    f = LossFunctional(tiny_mlp(dtype), mlp_batches(dtype))
+    h = exact_hessian(f)
+    vectors = torch.randn(5, f.dim, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    got = HVPOperator(f, backend=backend, block_size=2).matmat(vectors)
+    want = vectors @ h
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    assert float((got - want).norm() / want.norm()) < tol
+
+
+def test_backends_agree_with_each_other_on_conv_bn():
+    model = ConvBNNet()
+    model.train()
+    with torch.no_grad():  # give BatchNorm non-trivial running statistics
+        for _ in range(3):
+            model(torch.randn(8, 1, 8))
+    batches = [(torch.randn(5, 1, 8), torch.randint(0, 3, (5,))) for _ in range(2)]
+    f = LossFunctional(model, batches)
+    v = torch.randn(3, f.dim, generator=torch.Generator().manual_seed(1))
+    a = HVPOperator(f, backend="autograd").matmat(v)
+    b = HVPOperator(f, backend="func").matmat(v)
+    assert float((a - b).norm() / a.norm()) < 1e-5
+    assert model.training  # the train/eval mode is restored
+
+
+def test_matvec_counts_and_matches_matmat():
+    f = LossFunctional(tiny_mlp(torch.float64), mlp_batches(torch.float64))
+    op = HVPOperator(f, backend="func", block_size=3)
+    v = torch.randn(7, f.dim, dtype=torch.float64)
+    block = op.matmat(v)
+    assert op.num_matvecs == 7
+    assert torch.allclose(op.matvec(v[2]), block[2], atol=1e-12)
+
+
+def test_inference_mode_is_refused_with_advice():
+    f = LossFunctional(tiny_mlp(), mlp_batches())
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="training hooks"):
+        HVPOperator(f).matvec(torch.ones(f.dim))
+
+
+def test_loss_is_sample_weighted_mean():
+    model, batches = tiny_mlp(torch.float64), mlp_batches(torch.float64)
+    f = LossFunctional(model, batches)
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    full = float(torch.nn.functional.cross_entropy(model(x), y).detach())
+    assert f.loss() == pytest.approx(full, rel=1e-12)
+    loss, grad = f.loss_and_grad()
+    assert loss == pytest.approx(full, rel=1e-12)
+    model.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    want = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    assert torch.allclose(grad, want, atol=1e-12)
+
+
+def test_bad_arguments_raise():
+    f = LossFunctional(tiny_mlp(), mlp_batches())
+    with pytest.raises(ValueError, match="backend"):
+        HVPOperator(f, backend="jax")
+    with pytest.raises(ValueError, match="block_size"):
+        HVPOperator(f, block_size=0)
+    with pytest.raises(ValueError, match="batches"):
+        LossFunctional(tiny_mlp(), [])
+    with pytest.raises(ValueError, match="loss_fn"):
+        LossFunctional(tiny_mlp(), mlp_batches(), loss_fn="hinge")
