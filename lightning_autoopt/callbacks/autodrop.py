@@ -94,21 +94,21 @@ class AutoDrop(Callback):
         from lightning.pytorch import Trainer
         from lightning_autoopt.callbacks import AutoDrop
 
-        trainer = Trainer(max_epochs=60, callbacks=[AutoDrop(theta=0.5, patience=3)])
+        trainer = Trainer(max_epochs=60, callbacks=[AutoDrop(theta=1.0, patience=10)])
 
     YAML (LightningCLI)::
 
         trainer:
           callbacks:
             - class_path: lightning_autoopt.callbacks.AutoDrop
-              init_args: {theta: 0.5, patience: 3}
+              init_args: {theta: 1.0, patience: 10}
     """
 
     def __init__(
         self,
         interval: int | Literal["epoch"] = "epoch",
-        theta: float = 0.5,
-        patience: int = 3,
+        theta: float = 1.0,
+        patience: int = 10,
         drop_factor: float = 0.2,
         min_lr: float = 1e-4,
         auto_theta: bool = True,
