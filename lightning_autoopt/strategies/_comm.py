@@ -109,7 +109,9 @@ def argmin_lowest_index(values: Tensor) -> int | None:
 
 @torch.no_grad()
 def leader_pull_(flat: Tensor, leader: Tensor, strength: float) -> Tensor:
-    """The LSGD pull ``x <- x - strength * (x - leader)`` in place (``strength=1`` copies the leader)."""
+    """The LSGD pull ``x <- x - strength * (x - leader)`` in place (``strength=1`` copies the leader exactly)."""
+    if strength == 1.0:  # x + (leader - x) is not bitwise leader in floating point
+        return flat.copy_(leader)
     flat.add_(leader - flat, alpha=strength)
     return flat
 
