@@ -112,7 +112,8 @@ def plot_autodrop(metrics_csv: str | Path, out_png: str | Path, title: str | Non
     if drops:
         axes[0].legend(loc="upper right")
     axes[-1].set_xlabel("epoch")
-    fig.suptitle(title or f"AutoDrop: {Path(metrics_csv).parent.name}")
+    run = Path(metrics_csv).resolve().parent
+    fig.suptitle(title or f"AutoDrop: {run.parent.name}/{run.name}")
     fig.tight_layout()
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -241,6 +241,16 @@ def test_epoch_interval_positions_after_first_step_decision_after_second(tmp_pat
     assert [s for s in sorted(rec.lr) if rec.lr[s] != rec.lr.get(s - 1, 1.0)] == [22]
 
 
+def test_stop_when_min_lr_and_max_drops(tmp_path: Path) -> None:
+    # first drop (step 8) takes the LR from 1.0 to the floor 0.5; the second one is due at step 13 -> stop there
+    autodrop, rec = _path_run(tmp_path / "a", average_on_drop=False, min_lr=0.5, stop_when_min_lr=True)
+    assert max(rec.lr) == 13
+    assert rec.lr[13] == 0.5 and autodrop.drops == 2
+    # max_drops=1: the second saturation is ignored, training runs to the end at the dropped LR
+    autodrop, rec = _path_run(tmp_path / "b", average_on_drop=False, max_drops=1)
+    assert autodrop.drops == 1 and rec.lr[len(TURNS)] == 0.5
+
+
 # ----------------------------------------------------------------------------------------------- schedulers
 
 
@@ -320,6 +330,15 @@ def test_logs_reach_callback_metrics_and_csv(tmp_path: Path) -> None:
     header = (Path(trainer.logger.log_dir) / "metrics.csv").read_text().splitlines()[0].split(",")
     assert set(keys) <= set(header)
     assert autodrop.drops >= 1 and trainer.callback_metrics["autodrop/drops"] == autodrop.drops
+    # the plot helper reads the same file (Agg canvas, no display)
+    pytest.importorskip("matplotlib")
+    from lightning_autoopt.plots import plot_autodrop, read_metrics_csv
+
+    metrics_csv = Path(trainer.logger.log_dir) / "metrics.csv"
+    epochs, lrs = read_metrics_csv(metrics_csv)["autodrop/lr"]
+    assert epochs == sorted(epochs) and min(lrs) < 0.09 and max(lrs) == pytest.approx(0.1)
+    png = plot_autodrop(metrics_csv, tmp_path / "plot.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # ----------------------------------------------------------------------------------------------- resume
