@@ -7,6 +7,7 @@ New strategies subclass :class:`LocalUpdateStrategy` and call :func:`register_st
 from lightning_autoopt.strategies.easgd import EASGDStrategy
 from lightning_autoopt.strategies.local_sgd import LocalSGDStrategy
 from lightning_autoopt.strategies.local_update import (
+    CHECKPOINT_KEY,
     LocalUpdateStrategy,
     check_period,
     check_strength,
@@ -19,6 +20,7 @@ for _cls in (LSGDStrategy, EASGDStrategy, LocalSGDStrategy):
     register_strategy(_cls)
 
 __all__ = [
+    "CHECKPOINT_KEY",
     "EASGDStrategy",
     "LSGDStrategy",
     "LocalSGDStrategy",
