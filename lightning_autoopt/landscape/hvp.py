@@ -18,8 +18,10 @@ class HVPOperator:
 
     Backends:
 
-    * ``"autograd"`` (double backward): per batch, one backward with ``create_graph=True`` builds the gradient graph,
-      which is then reused (``retain_graph=True``) for every probe vector of the block. Works for every op with a
+    * ``"autograd"`` (double backward): per batch, one backward with ``create_graph=True`` builds the gradient graph;
+      with ``cache_graph`` it is kept and reused for every later product while the weights are unchanged
+      (PyHessian's trick, for all batches); on GPUs a block of vectors goes through one batched double backward
+      (``is_grads_batched``; falls back to a loop for ops without batching rules), on CPU a loop. Works for every op with a
       double-backward formula.
     * ``"func"`` (forward-over-reverse): ``jvp(grad(L), (θ,), (v,))`` through :func:`torch.func.functional_call`,
       ``vmap``-ed over a block of probe vectors so a whole block costs one batched pass. Needs forward-mode AD rules
@@ -32,6 +34,8 @@ class HVPOperator:
         functional: The loss functional whose Hessian is wanted.
         backend: ``"autograd"`` or ``"func"``.
         block_size: Largest number of vectors pushed through one batched call of ``matmat``.
+        cache_graph: ``"autograd"`` only: keep the per-batch gradient graphs between calls (faster; holds the
+            activations of all batches in memory until :meth:`release` or a weight change).
 
     Raises:
         ValueError: On an unknown backend or a non-positive ``block_size``.
@@ -43,7 +47,13 @@ class HVPOperator:
         hv = op.matvec(torch.randn(op.dim))
     """
 
-    def __init__(self, functional: LossFunctional, backend: HVPBackend = "autograd", block_size: int = 10) -> None:
+    def __init__(
+        self,
+        functional: LossFunctional,
+        backend: HVPBackend = "autograd",
+        block_size: int = 10,
+        cache_graph: bool = True,
+    ) -> None:
         if backend not in ("autograd", "func"):
             raise ValueError(f"`backend` must be 'autograd' or 'func', got {backend!r}.")
         if block_size < 1:
@@ -55,6 +65,12 @@ class HVPOperator:
         self.device = functional.device
         self.dtype = functional.dtype
         self.num_matvecs = 0
+        self.cache_graph = cache_graph
+        self._graphs: list[Tensor] | None = None
+        self._versions: list[int] = []
+        # The batched double backward (vmap over grad_outputs) pays off on GPUs; on CPU a plain loop over the
+        # block measured faster (benchmarks/hessian_vs_pyhessian.py), so it is used there.
+        self._batched_ok = self.device.type != "cpu"
 
     def matvec(self, v: Tensor) -> Tensor:
         """H v for one flat vector ``v`` of length ``dim``."""
@@ -77,24 +93,67 @@ class HVPOperator:
             return self._block_autograd(vectors)
         return self._block_func(vectors)
 
-    def _block_autograd(self, vectors: Tensor) -> Tensor:
+    def _gradient_graphs(self) -> list[Tensor]:
+        """Per-batch flat gradients with their graphs (``create_graph=True``), cached while the weights are unchanged.
+
+        Building the gradient graph is most of an HVP's cost; PyHessian's single-batch mode reuses it for every
+        product, and so do we (for every batch), as long as no parameter was modified in place since (checked with
+        the tensors' version counters). Memory: the activations of all batches stay alive until :meth:`release`.
+        """
         f = self.f
-        result = torch.zeros_like(vectors)
+        versions = [p._version for p in f.params]
+        if self._graphs is not None and versions == self._versions:
+            return self._graphs
+        self._graphs = None
+        graphs = []
         with f.context(), torch.enable_grad():
             for (x, y), w in zip(f.batches, f.weights):
                 loss = f.loss_fn(f.model(x), y) * w
                 grads = torch.autograd.grad(loss, f.params, create_graph=True, allow_unused=True)
-                pairs = [(g, p) for g, p in zip(grads, f.params) if g is not None and g.requires_grad]
-                if not pairs:
+                flat = f.flatten(grads)
+                graphs.append(flat)
+        self._graphs, self._versions = graphs, versions
+        return graphs
+
+    def release(self) -> None:
+        """Drop the cached gradient graphs (frees the activation memory they hold)."""
+        self._graphs = None
+
+    def _block_autograd(self, vectors: Tensor) -> Tensor:
+        f = self.f
+        graphs = self._gradient_graphs() if self.cache_graph else None
+        result = torch.zeros_like(vectors)
+        with f.context(), torch.enable_grad():
+            for b, ((x, y), w) in enumerate(zip(f.batches, f.weights)):
+                if graphs is not None:
+                    flat = graphs[b]
+                else:
+                    loss = f.loss_fn(f.model(x), y) * w
+                    flat = f.flatten(torch.autograd.grad(loss, f.params, create_graph=True, allow_unused=True))
+                if not flat.requires_grad:  # the loss is linear in every parameter: H = 0 on this batch
                     continue
+                keep = graphs is not None
+                if self._batched_ok:
+                    try:
+                        # one batched double backward for the whole block (vmap over grad_outputs)
+                        hv = torch.autograd.grad(
+                            flat, f.params, grad_outputs=vectors, retain_graph=True, is_grads_batched=True,
+                            allow_unused=True,
+                        )  # fmt: skip
+                        result += torch.cat(
+                            [
+                                (torch.zeros(len(vectors), p.numel(), device=p.device, dtype=p.dtype) if h is None
+                                 else h.reshape(len(vectors), -1))
+                                for p, h in zip(f.params, hv)
+                            ],
+                            dim=1,
+                        ).detach()  # fmt: skip
+                        continue
+                    except RuntimeError:
+                        self._batched_ok = False  # an op without a batching rule: fall back to a loop
                 for i, v in enumerate(vectors):
-                    chunks = dict(zip(map(id, f.params), v.split(f.numels)))
-                    dot = sum((g * chunks[id(p)].view_as(p)).sum() for g, p in pairs)
                     hv = torch.autograd.grad(
-                        dot,
-                        f.params,
-                        retain_graph=i + 1 < len(vectors),
-                        allow_unused=True,  # type: ignore[arg-type]
+                        flat, f.params, grad_outputs=v, retain_graph=keep or i + 1 < len(vectors), allow_unused=True
                     )
                     result[i] += f.flatten(hv).detach()
         return result
