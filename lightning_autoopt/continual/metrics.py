@@ -72,7 +72,9 @@ def accuracy_per_task(predictions: torch.Tensor, targets: torch.Tensor, task_ids
     return out
 
 
-def task_mask_logits(logits: torch.Tensor, task_ids: torch.Tensor, task_classes: Sequence[Sequence[int]]) -> torch.Tensor:
+def task_mask_logits(
+    logits: torch.Tensor, task_ids: torch.Tensor, task_classes: Sequence[Sequence[int]]
+) -> torch.Tensor:
     """Logits with every class outside the sample's true task set to ``-inf`` (task-incremental evaluation)."""
     mask = torch.zeros(len(task_classes), logits.shape[1], dtype=torch.bool, device=logits.device)
     for t, classes in enumerate(task_classes):

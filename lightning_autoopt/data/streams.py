@@ -94,8 +94,11 @@ class _ChunkSampler(Sampler[int]):
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
+        # A generator: the epoch is read at the first ``next``, not at ``iter``. On a resume, Lightning creates the
+        # iterator before it calls ``set_epoch``.
         start = self.epoch * self.chunk
-        return iter([(start + i) % self.num_batches for i in range(self.chunk)])
+        for i in range(self.chunk):
+            yield (start + i) % self.num_batches
 
     def __len__(self) -> int:
         return self.chunk
@@ -296,9 +299,9 @@ class TaskStreamDataModule(pl.LightningDataModule):
         return xt, y[idx]
 
     def eval_tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The evaluation set of every task, concatenated: ``(x, y, task_id)``."""
+        """The evaluation set of every task that occurs in the stream, concatenated: ``(x, y, task_id)``."""
         xs, ys, ts = [], [], []
-        for t in range(self.num_tasks):
+        for t in sorted(set(self.task_order)):
             x, y = self.task_tensors(t)
             xs.append(x)
             ys.append(y)

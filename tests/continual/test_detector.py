@@ -71,8 +71,16 @@ def test_reuse_test_and_state_roundtrip():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"window": 1}, {"ema_alpha": 0.0}, {"ema_alpha": 1.5}, {"k_sigma": 0}, {"std_floor": -1}, {"min_history": 0},
-     {"min_history": 100}, {"initial_loss": float("nan")}],
+    [
+        {"window": 1},
+        {"ema_alpha": 0.0},
+        {"ema_alpha": 1.5},
+        {"k_sigma": 0},
+        {"std_floor": -1},
+        {"min_history": 0},
+        {"min_history": 100},
+        {"initial_loss": float("nan")},
+    ],
 )
 def test_bad_args_raise(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
