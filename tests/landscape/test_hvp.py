@@ -86,3 +86,16 @@ def test_bad_arguments_raise():
         LossFunctional(tiny_mlp(), [])
     with pytest.raises(ValueError, match="loss_fn"):
         LossFunctional(tiny_mlp(), mlp_batches(), loss_fn="hinge")
+
+
+@pytest.mark.parametrize("cache_graph", [True, False])
+@pytest.mark.parametrize("batched", [True, False])
+def test_autograd_paths_agree(cache_graph, batched):
+    f = LossFunctional(tiny_mlp(torch.float64), mlp_batches(torch.float64))
+    h = exact_hessian(f)
+    op = HVPOperator(f, backend="autograd", block_size=4, cache_graph=cache_graph)
+    op._batched_ok = batched  # the batched double backward is the GPU default; test it on CPU too
+    v = torch.randn(6, f.dim, dtype=torch.float64)
+    assert torch.allclose(op.matmat(v), v @ h, atol=1e-10)
+    f.set_flat(f.get_flat() * 1.5)  # a weight change must invalidate the cached gradient graphs
+    assert torch.allclose(op.matmat(v), v @ exact_hessian(f), atol=1e-10)
