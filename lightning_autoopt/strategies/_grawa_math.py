@@ -50,10 +50,13 @@ def grawa_weights(norms: torch.Tensor, exponent: float = 1.0, eps: float = 1e-8)
 
 def layer_norms(grads: Sequence[torch.Tensor | None]) -> torch.Tensor:
     """L2 norm of every gradient tensor (``None`` counts as 0), as a float64 vector."""
-    return torch.tensor(
-        [0.0 if g is None else float(torch.linalg.vector_norm(g.detach().to(torch.float64))) for g in grads],
-        dtype=torch.float64,
-    )
+    norms = [
+        torch.zeros((), dtype=torch.float64) if g is None else torch.linalg.vector_norm(g.detach().to(torch.float64))
+        for g in grads
+    ]
+    if not norms:
+        return torch.zeros(0, dtype=torch.float64)
+    return torch.stack([n.cpu() for n in norms]) if len({n.device for n in norms}) > 1 else torch.stack(norms).cpu()
 
 
 def model_norm(per_layer: torch.Tensor) -> torch.Tensor:

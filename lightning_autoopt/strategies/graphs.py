@@ -9,6 +9,8 @@ any communication, and resuming from a checkpoint only needs the round counter.
 Named graphs (``build_graph``):
 
 - ``"ring"``: the cycle 0-1-...-(n-1)-0 (for n = 2 a single edge).
+- ``"random_ring"``: a cycle through a seeded random permutation of the workers (a ring with other neighbours;
+  rotating between ``"ring"`` and ``"random_ring"`` lets every worker meet more peers at degree 2).
 - ``"complete"``: every pair of workers.
 - ``"erdos_renyi"``: each edge present with probability ``edge_prob`` from a seeded generator; resampled (same
   seed stream) until connected.
@@ -37,7 +39,7 @@ _MATCHA8_B: list[Edge] = [
     (4, 6), (5, 2), (3, 1), (7, 0), (4, 2), (0, 5), (4, 3), (0, 2), (6, 5), (4, 7), (2, 3), (0, 4),
 ]  # fmt: skip
 
-GRAPH_NAMES = ("ring", "complete", "erdos_renyi", "matcha8_a", "matcha8_b")
+GRAPH_NAMES = ("ring", "random_ring", "complete", "erdos_renyi", "matcha8_a", "matcha8_b")
 ACTIVATIONS = ("all", "alternate", "random")
 
 
@@ -243,11 +245,10 @@ def build_graph(
     """Build a named graph or one from an explicit edge list, for ``num_nodes`` workers.
 
     Args:
-        spec: one of ``"ring"``, ``"complete"``, ``"erdos_renyi"``, ``"matcha8_a"``, ``"matcha8_b"``, or a list of
-            edges ``[[u, v], ...]``.
+        spec: one of :data:`GRAPH_NAMES` or a list of edges ``[[u, v], ...]``.
         num_nodes: number of workers (the world size).
         edge_prob: edge probability for ``"erdos_renyi"``.
-        seed: seed for ``"erdos_renyi"`` (every rank builds the same graph from the same seed).
+        seed: seed for ``"erdos_renyi"`` and ``"random_ring"`` (every rank builds the same graph from the same seed).
 
     Raises:
         ValueError: for an unknown name, a graph whose size does not match ``num_nodes``, or an invalid edge list.
@@ -263,6 +264,9 @@ def build_graph(
         name = spec.lower()
         if name == "ring":
             edges: list[Edge] = [(i, (i + 1) % num_nodes) for i in range(num_nodes if num_nodes > 2 else 1)]
+        elif name == "random_ring":
+            perm = torch.randperm(num_nodes, generator=torch.Generator().manual_seed(seed)).tolist()
+            edges = [(perm[i], perm[(i + 1) % num_nodes]) for i in range(num_nodes if num_nodes > 2 else 1)]
         elif name == "complete":
             edges = [(u, v) for u in range(num_nodes) for v in range(u + 1, num_nodes)]
         elif name == "erdos_renyi":

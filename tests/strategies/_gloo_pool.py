@@ -7,6 +7,7 @@ collective cannot take a second task, so the ``world_size`` identical tasks land
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing as mp
 import os
 import tempfile
@@ -41,3 +42,14 @@ def run_on_pool(pool: mp.pool.Pool, world_size: int, fn: Callable[..., Any], *ar
     """Run ``fn(*args)`` on every rank; return the results ordered by rank (``fn`` must return ``(rank, value)``)."""
     out = pool.starmap(fn, [args] * world_size, chunksize=1)
     return [v for _, v in sorted(out, key=lambda t: t[0])]
+
+
+_POOLS: dict[int, mp.pool.Pool] = {}
+
+
+def shared_pool(world_size: int = 4) -> mp.pool.Pool:
+    """One pool per world size for the whole pytest session (starting 4 spawned ranks costs seconds)."""
+    if world_size not in _POOLS:
+        _POOLS[world_size] = make_pool(world_size)
+        atexit.register(_POOLS[world_size].terminate)
+    return _POOLS[world_size]

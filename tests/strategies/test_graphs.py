@@ -21,9 +21,9 @@ from lightning_autoopt.strategies.graphs import (
 )
 
 try:  # tests/strategies may or may not be a package
-    from ._gloo_pool import make_pool, run_on_pool
+    from ._gloo_pool import run_on_pool, shared_pool
 except ImportError:
-    from _gloo_pool import make_pool, run_on_pool  # type: ignore[no-redef]
+    from _gloo_pool import run_on_pool, shared_pool  # type: ignore[no-redef]
 
 WORLD = 4
 
@@ -137,9 +137,7 @@ def test_adjacent_leader_update_closed_form():
 # ----------------------------------------------------------------------------------------- gloo pool (4 ranks)
 @pytest.fixture(scope="module")
 def pool():
-    p = make_pool(WORLD)
-    yield p
-    p.terminate()
+    return shared_pool(WORLD)
 
 
 def _gossip_round(graph_spec, activation, round_index):
