@@ -68,15 +68,16 @@ class AutoDrop(Callback):
 
     Args:
         interval: ``"epoch"`` or a number of optimizer steps between positions.
-        theta: Saturation threshold on ``|Δω|`` in degrees. The reference scripts use 0.01 with 390 steps per
-            epoch; short, noisy runs need a larger value (see the method card).
+        theta: Saturation threshold on ``|Δω|`` in degrees (the reference scripts' 0.01). A small θ only fires
+            on a flat ω curve; when ω is noisy (few steps per interval) it rarely fires and AutoDrop falls back to a
+            constant LR, while a large θ fires on noise (see the method card).
         patience: Intervals trained at the old LR after saturation is detected, before the drop. Also the length of
             the averaging window (``patience + 1`` snapshots). The reference code's ``extra_epochs=20`` equals
             ``patience=19``; the default is shorter so that runs of tens of epochs can see several drops.
         drop_factor: LR multiplier at each drop, in ``(0, 1)``.
         min_lr: LR floor; a drop never takes a group below it (``0`` disables the floor).
         auto_theta: After each drop, grow θ to ``theta / drop_factor`` (capped by ``max_theta``).
-        max_theta: Cap for the growing θ (``None``: no cap).
+        max_theta: Cap for the growing θ (``None``: no cap; the reference scripts' 1.0).
         average_on_drop: At a drop, load the linearly weighted average of the snapshots taken since detection.
         max_drops: Stop detecting after this many drops (``None``: no limit).
         stop_when_min_lr: Set ``trainer.should_stop`` when a drop is due but every LR is already at ``min_lr``.
@@ -94,25 +95,25 @@ class AutoDrop(Callback):
         from lightning.pytorch import Trainer
         from lightning_autoopt.callbacks import AutoDrop
 
-        trainer = Trainer(max_epochs=60, callbacks=[AutoDrop(theta=1.0, patience=10)])
+        trainer = Trainer(max_epochs=60, callbacks=[AutoDrop(patience=10)])
 
     YAML (LightningCLI)::
 
         trainer:
           callbacks:
             - class_path: lightning_autoopt.callbacks.AutoDrop
-              init_args: {theta: 1.0, patience: 10}
+              init_args: {theta: 0.01, patience: 10}
     """
 
     def __init__(
         self,
         interval: int | Literal["epoch"] = "epoch",
-        theta: float = 1.0,
+        theta: float = 0.01,
         patience: int = 10,
         drop_factor: float = 0.2,
         min_lr: float = 1e-4,
         auto_theta: bool = True,
-        max_theta: float | None = 5.0,
+        max_theta: float | None = 1.0,
         average_on_drop: bool = True,
         max_drops: int | None = None,
         stop_when_min_lr: bool = False,
@@ -169,6 +170,7 @@ class AutoDrop(Callback):
         self._next_action_step = interval if isinstance(interval, int) else _NEVER
         self._epoch_seen = -1
         self._decisions = 0
+        self._drop_log: list[tuple[int, int]] = []  # (global_step, epoch) of each drop
         self._params: list[torch.Tensor] = []
 
     # ------------------------------------------------------------------ public read-only views
@@ -191,6 +193,11 @@ class AutoDrop(Callback):
     def omega_history(self) -> list[float]:
         """Angular velocities (degrees) of all valid intervals so far."""
         return list(self._detector.history)
+
+    @property
+    def drop_history(self) -> list[tuple[int, int]]:
+        """``(global_step, epoch)`` at which each drop was made."""
+        return list(self._drop_log)
 
     @property
     def state_key(self) -> str:
@@ -336,6 +343,7 @@ class AutoDrop(Callback):
                 rank_zero_warn("AutoDrop: the weighted average is not finite; parameters were left unchanged.")
             self._avg_sum.zero_()
             self._avg_weight = 0.0
+        self._drop_log.append((trainer.global_step, trainer.current_epoch))
         lr0 = _first_lr(trainer)
         if self.verbose:
             rank_zero_info(
@@ -374,6 +382,7 @@ class AutoDrop(Callback):
             "next_action_step": self._next_action_step,
             "epoch_seen": self._epoch_seen,
             "decisions": self._decisions,
+            "drop_log": list(self._drop_log),
         }
 
     @override
@@ -387,6 +396,7 @@ class AutoDrop(Callback):
         self._next_action_step = int(state_dict["next_action_step"])
         self._epoch_seen = int(state_dict["epoch_seen"])
         self._decisions = int(state_dict["decisions"])
+        self._drop_log = [tuple(x) for x in state_dict.get("drop_log", [])]  # type: ignore[misc]
 
     @staticmethod
     def _checked(buffer: torch.Tensor, numel: int, what: str) -> torch.Tensor:
