@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import random
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from lightning_autoopt.data._sampling import check_loader_args, make_loader
 
 # Bump when the way arrays are produced or stored changes, so old cache files are not reused.
 _FORMAT_VERSION = 1
+# ``mnist1d`` draws from the process-global RNGs, so two threads generating at once would interleave their draws.
+_GENERATION_LOCK = threading.Lock()
 
 
 class MNIST1DDataModule(pl.LightningDataModule):
@@ -151,12 +154,13 @@ class MNIST1DDataModule(pl.LightningDataModule):
         args = get_dataset_args(as_dict=True)
         args.update(self.generation_args)
         args["train_split"] = 1.0  # we cut the splits ourselves (exact counts, no float truncation)
-        py_state, np_state = random.getstate(), np.random.get_state()
-        try:
-            dataset = make_dataset(ObjectView(args))
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
+        with _GENERATION_LOCK:
+            py_state, np_state = random.getstate(), np.random.get_state()
+            try:
+                dataset = make_dataset(ObjectView(args))
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
         return {"x": np.asarray(dataset["x"], dtype=np.float32), "y": np.asarray(dataset["y"], dtype=np.int64)}
 
     def _load_or_generate(self, write: bool) -> dict[str, np.ndarray]:

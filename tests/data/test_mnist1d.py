@@ -174,3 +174,18 @@ def test_loader_before_setup_raises() -> None:
 def test_bad_arguments(kwargs: dict, name: str) -> None:
     with pytest.raises(ValueError, match=name):
         MNIST1DDataModule(**kwargs)
+
+
+def test_concurrent_generation_into_one_cache(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    reference = _dm(tmp_path / "ref")
+
+    def build(_: int) -> torch.Tensor:
+        return _dm(tmp_path / "shared").train_set.tensors[0]
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(build, range(3)))
+    for x in results:
+        assert torch.equal(x, reference.train_set.tensors[0])
+    assert [p.name for p in (tmp_path / "shared").iterdir()] == [reference.cache_path.name]
