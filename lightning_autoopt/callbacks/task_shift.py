@@ -159,8 +159,8 @@ class TaskShiftDetector(Callback):
         info = {
             "step": step,
             "shift_index": len(self.shift_steps),
-            "loss_ema": self.detector.smoothed,
-            "threshold": self.detector.threshold,
+            "loss_ema": self.detector.last_shift["loss_ema"],
+            "threshold": self.detector.last_shift["threshold"],
         }
         if self.verbose:
             rank_zero_info(f"[TaskShiftDetector] task shift #{len(self.shift_steps)} detected at step {step}.")

@@ -79,6 +79,7 @@ class LossShiftDetector:
         self.steps = 0  # finite losses observed
         self.num_shifts = 0
         self.num_nonfinite = 0
+        self.last_shift: dict[str, float] = {}
         self.reset(initial_loss)
 
     # ------------------------------------------------------------------ primitives (per-expert use)
@@ -151,6 +152,8 @@ class LossShiftDetector:
         loss = float(loss)
         if self.window and self.exceeds():
             self.num_shifts += 1
+            # What revealed the shift, kept for reports before the statistics restart.
+            self.last_shift = {"loss_ema": float(self.smoothed or 0.0), "threshold": self.threshold}
             self.reset(loss)
             return True
         if not self.window:  # first finite loss (no seed given)
