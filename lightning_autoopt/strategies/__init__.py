@@ -4,7 +4,10 @@ Registered (each also as ``<name>_spawn`` and ``<name>_fork``): ``lsgd``, ``easg
 New strategies subclass :class:`LocalUpdateStrategy` and call :func:`register_strategy` here.
 """
 
+from lightning_autoopt.strategies.aldsgd import ALDSGDStrategy
+from lightning_autoopt.strategies.dpsgd import DPSGDStrategy
 from lightning_autoopt.strategies.easgd import EASGDStrategy
+from lightning_autoopt.strategies.grawa import GRAWAStrategy, LGRAWAStrategy
 from lightning_autoopt.strategies.local_sgd import LocalSGDStrategy
 from lightning_autoopt.strategies.local_update import (
     CHECKPOINT_KEY,
@@ -16,10 +19,22 @@ from lightning_autoopt.strategies.local_update import (
 )
 from lightning_autoopt.strategies.lsgd import LSGDStrategy
 
-for _cls in (LSGDStrategy, EASGDStrategy, LocalSGDStrategy):
+for _cls in (
+    LSGDStrategy,
+    EASGDStrategy,
+    LocalSGDStrategy,
+    GRAWAStrategy,
+    LGRAWAStrategy,
+    DPSGDStrategy,
+    ALDSGDStrategy,
+):
     register_strategy(_cls)
 
 __all__ = [
+    "ALDSGDStrategy",
+    "DPSGDStrategy",
+    "GRAWAStrategy",
+    "LGRAWAStrategy",
     "CHECKPOINT_KEY",
     "EASGDStrategy",
     "LSGDStrategy",

@@ -50,8 +50,8 @@ class GRAWAStrategy(LocalUpdateStrategy):
     Args:
         level: ``"model"`` (MGRAWA) or ``"layer"`` (LGRAWA, one weight per parameter tensor); ``None`` takes the
             class default (``"model"`` here, ``"layer"`` for :class:`LGRAWAStrategy`).
-        period: Optimizer steps between rounds.
-        pull_strength: ``lambda`` in [0, 1]; 1 replaces each replica by the centre.
+        period: Optimizer steps between rounds (default 16, the LSGD/SDTL value; the paper's is not known here).
+        pull_strength: ``lambda`` in [0, 1]; 1 replaces each replica by the centre (default 0.1, as LSGD).
         exponent: ``q`` in ``w ∝ ||g||^-q`` (1 follows "inversely proportional" in the abstract; 2 is the other
             reading found in third-party summaries; 0 is plain averaging).
         eps: Added to every norm so a zero gradient does not get an infinite weight.
@@ -78,8 +78,8 @@ class GRAWAStrategy(LocalUpdateStrategy):
     def __init__(
         self,
         level: str | None = None,
-        period: int = 4,
-        pull_strength: float = 0.5,
+        period: int = 16,
+        pull_strength: float = 0.1,
         exponent: float = 1.0,
         eps: float = 1e-8,
         statistic: str = "mean_over_period",

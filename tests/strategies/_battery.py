@@ -16,6 +16,10 @@ CASES: dict[str, dict[str, Any]] = {
     "lsgd": {"period": 3, "pull_strength": 0.5},
     "easgd": {"period": 3, "elastic_strength": 0.43},
     "localsgd": {"period": 3},
+    "mgrawa": {"period": 3, "pull_strength": 0.5},
+    "lgrawa": {"period": 3, "pull_strength": 0.5},
+    "dpsgd": {"period": 3},
+    "aldsgd": {"period": 3},
 }
 
 LEADER_BASED = ["lsgd"]
@@ -46,3 +50,4 @@ def _policy_center(stored: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 
 POLICY_CHECKS = {"lsgd": _policy_leader, "easgd": _policy_center, "localsgd": _policy_average}
+POLICY_CHECKS.update(dict.fromkeys(["mgrawa", "lgrawa", "dpsgd", "aldsgd"], _policy_average))  # strategies II
