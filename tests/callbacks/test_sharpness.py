@@ -163,7 +163,7 @@ def test_ddp_spawn_gives_identical_values_on_both_ranks(tmp_path):
         str(tmp_path), measures=["lpf", "hessian_top", "pac_bayes"], measure_kwargs={k: CHEAP[k] for k in
         ["lpf", "hessian_top", "pac_bayes"]},
     )  # fmt: skip
-    trainer = make_trainer(tmp_path, [probe], devices=2, strategy="ddp_spawn", max_epochs=2)
+    trainer = make_trainer(tmp_path, [probe], devices=2, strategy="ddp_spawn", max_epochs=2, limit_val_batches=0)
     trainer.fit(TinyClassifier(), datamodule=TinyDataModule())
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert len(r0["history"]) == 2

@@ -63,11 +63,11 @@ def test_hessian_measures_exact_on_quadratic(backend):
         "hessian_top", model, batches, loss_fn=mean_loss, backend=backend, method="power", max_iter=300, tol=1e-9
     )
     assert power == pytest.approx(10.0, rel=1e-3)
-    trace = compute_measure("hessian_trace", model, batches, loss_fn=mean_loss, backend=backend, num_probes=300)
-    sd = math.sqrt(2 * float((a * a).sum() - (a.diagonal() ** 2).sum()) / 300)  # Rademacher Hutchinson std error
+    trace = compute_measure("hessian_trace", model, batches, loss_fn=mean_loss, backend=backend, num_probes=100)
+    sd = math.sqrt(2 * float((a * a).sum() - (a.diagonal() ** 2).sum()) / 100)  # Rademacher Hutchinson std error
     assert abs(trace - float(a.trace())) < 4 * sd
-    fro = compute_measure("hessian_fro", model, batches, loss_fn=mean_loss, backend=backend, num_probes=400)
-    assert fro == pytest.approx(float(a.norm()), rel=0.1)
+    fro = compute_measure("hessian_fro", model, batches, loss_fn=mean_loss, backend=backend, num_probes=200)
+    assert fro == pytest.approx(float(a.norm()), rel=0.15)
     frn = compute_measure("fisher_rao", model, batches, loss_fn=mean_loss, backend=backend)
     theta = model.theta.detach()
     assert frn == pytest.approx(float(theta @ a @ theta), rel=1e-10)
@@ -81,7 +81,7 @@ def test_hutchpp_trace_measure_on_quadratic():
 
 def test_lpf_matches_second_order_expectation():
     model, a = quadratic()
-    sigma, m = 0.1, 2000
+    sigma, m = 0.1, 1000
     value = compute_measure("lpf", model, dummy_batches(1), loss_fn=mean_loss, sigma=sigma, num_samples=m, seed=5)
     d = (model.theta - model.centre).detach()
     base = float(0.5 * d @ a @ d)
@@ -107,7 +107,8 @@ def test_pac_bayes_uses_distance_from_init():
     init = torch.zeros(30, dtype=torch.float64)
     eps, n = 0.1, 1000
     value = compute_measure(
-        "pac_bayes", model, dummy_batches(), loss_fn=mean_loss, init_params=init, eps=eps, mc_samples=200,
+        "pac_bayes", model, dummy_batches(), loss_fn=mean_loss, init_params=init, eps=eps, mc_samples=100, sigma_min=0.01,
+        sigma_max=1.0,
         tol=1e-4, max_iter=40, num_train_samples=n,
     )  # fmt: skip
     sigma_sq = 2 * eps / float(a.trace())
