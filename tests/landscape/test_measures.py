@@ -107,9 +107,8 @@ def test_pac_bayes_uses_distance_from_init():
     init = torch.zeros(30, dtype=torch.float64)
     eps, n = 0.1, 1000
     value = compute_measure(
-        "pac_bayes", model, dummy_batches(), loss_fn=mean_loss, init_params=init, eps=eps, mc_samples=100, sigma_min=0.01,
-        sigma_max=1.0,
-        tol=1e-4, max_iter=40, num_train_samples=n,
+        "pac_bayes", model, dummy_batches(), loss_fn=mean_loss, init_params=init, eps=eps, mc_samples=100,
+        sigma_min=0.01, sigma_max=1.0, tol=1e-4, max_iter=40, num_train_samples=n,
     )  # fmt: skip
     sigma_sq = 2 * eps / float(a.trace())
     expected = float(model.theta.detach().pow(2).sum()) / (4 * sigma_sq) + math.log(2 * n / 1e-6)
