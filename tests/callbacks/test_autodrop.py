@@ -257,7 +257,7 @@ def test_stop_when_min_lr_and_max_drops(tmp_path: Path) -> None:
 @pytest.mark.parametrize("scheduler", ["step", "lambda"])
 def test_scheduler_keeps_the_drop(tmp_path: Path, scheduler: str) -> None:
     autodrop, rec = (
-        AutoDrop(interval=1, theta=1.0, patience=2, drop_factor=0.5, min_lr=0.0, average_on_drop=False),
+        AutoDrop(interval=1, theta=1.0, patience=2, drop_factor=0.5, min_lr=0.0, max_theta=None, average_on_drop=False),
         Recorder(),
     )
     module = PathModule(_directions(TURNS), scheduler=scheduler)
