@@ -181,7 +181,7 @@ class LPFSGD(Callback):
             if std == 0.0:
                 return
             generator = torch.Generator().manual_seed(draw_seed)
-            saved = [(p, p.detach().clone()) for p in params]
+            saved: list[tuple[Tensor, Tensor]] = [(p, p.detach().clone()) for p in params]
             for p in params:
                 p.add_(filter_noise(p, std, self.scale, generator))
         self._saved = saved

@@ -205,7 +205,8 @@ class SharpnessProbe(Callback):
             loader = trainer.val_dataloaders
             if loader is None:
                 # Building a DataLoader does not draw from any RNG (its sampler only does so when iterated).
-                source = trainer.datamodule if trainer.datamodule is not None else pl_module
+                datamodule = getattr(trainer, "datamodule", None)
+                source = datamodule if datamodule is not None else pl_module
                 loader = source.val_dataloader()
         if isinstance(loader, Mapping):
             loader = next(iter(loader.values()))

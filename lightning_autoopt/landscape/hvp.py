@@ -21,8 +21,8 @@ class HVPOperator:
     * ``"autograd"`` (double backward): per batch, one backward with ``create_graph=True`` builds the gradient graph;
       with ``cache_graph`` it is kept and reused for every later product while the weights are unchanged
       (PyHessian's trick, for all batches); on GPUs a block of vectors goes through one batched double backward
-      (``is_grads_batched``; falls back to a loop for ops without batching rules), on CPU a loop. Works for every op with a
-      double-backward formula.
+      (``is_grads_batched``; falls back to a loop for ops without batching rules), on CPU a loop. Works for every
+      op with a double-backward formula.
     * ``"func"`` (forward-over-reverse): ``jvp(grad(L), (θ,), (v,))`` through :func:`torch.func.functional_call`,
       ``vmap``-ed over a block of probe vectors so a whole block costs one batched pass. Needs forward-mode AD rules
       (all standard layers have them).

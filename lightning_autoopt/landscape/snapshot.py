@@ -50,7 +50,7 @@ class ParamSnapshot:
             for p, saved, requires_grad, grad, grad_value in self._params:
                 p.copy_(saved)
                 p.requires_grad_(requires_grad)
-                if grad is not None:
+                if grad is not None and grad_value is not None:
                     grad.copy_(grad_value)  # the same tensor object, with its values, even if a probe accumulated
                 p.grad = grad
             for b, saved in self._buffers:
