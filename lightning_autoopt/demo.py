@@ -55,12 +55,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     results = trainer.test(model, datamodule=datamodule, verbose=False)  # the final weights, not the best ones
     test_acc = float(results[0]["test_acc"]) if results else float("nan")
 
-    log_dir = Path(trainer.logger.log_dir) if trainer.logger is not None else Path(trainer.default_root_dir)
+    logger_dir = trainer.logger.log_dir if trainer.logger is not None else None
+    log_dir = Path(logger_dir or trainer.default_root_dir)
     metrics_csv = log_dir / "metrics.csv"
     plot_path = plot_autodrop(metrics_csv, args.plot or log_dir / "autodrop.png")
     ckpt = trainer.checkpoint_callback
     checkpoint = getattr(ckpt, "last_model_path", "") or getattr(ckpt, "best_model_path", "")
-    autodrop = next((cb for cb in trainer.callbacks if type(cb).__name__ == "AutoDrop"), None)
+    autodrop = next((cb for cb in getattr(trainer, "callbacks", []) if type(cb).__name__ == "AutoDrop"), None)
     summary: dict[str, object] = {
         "logs": str(metrics_csv),
         "checkpoint": checkpoint or "(none)",
