@@ -53,7 +53,11 @@ def main() -> None:
     parser.add_argument("--weight-decays", type=float, nargs="+", default=[0.0, 5e-4])
     parser.add_argument("--probe-samples", type=int, default=500)
     parser.add_argument("--train-samples", type=int, default=1000, help="first N of the 3 500 training samples")
+    parser.add_argument("--analyze-only", action="store_true", help="print the table from the saved JSON")
     args = parser.parse_args()
+    if args.analyze_only:
+        analyze(json.loads((OUT / "sharpness_vs_generalization.json").read_text()))
+        return
     OUT.mkdir(parents=True, exist_ok=True)
     data = mnist1d_tensors()
     x_tr, y_tr = (t[: args.train_samples] for t in data["train"])
@@ -89,6 +93,10 @@ def main() -> None:
               f"{row['measure_s']:.0f}s", flush=True)  # fmt: skip
         (OUT / "sharpness_vs_generalization.json").write_text(json.dumps(rows, indent=1))
 
+    analyze(rows)
+
+
+def analyze(rows: list[dict]) -> None:
     converged = [r for r in rows if r["train_loss"] <= 0.01]
     print(f"# models: {len(rows)}, converged (train CE ≤ 0.01): {len(converged)}")
     print("| measure | Kendall τ vs gap (all models) | p | τ (converged only) |")
