@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 import torch.distributed as dist
 
+from lightning_autoopt.strategies import GRAWAStrategy, LGRAWAStrategy, LocalSGDStrategy
 from lightning_autoopt.strategies._grawa_math import (
     grawa_weights,
     layer_norms,
@@ -16,8 +19,10 @@ from lightning_autoopt.strategies._grawa_math import (
 
 try:  # tests/strategies may or may not be a package
     from ._gloo_pool import run_on_pool, shared_pool
+    from ._local_update_helpers import detached
 except ImportError:
     from _gloo_pool import run_on_pool, shared_pool  # type: ignore[no-redef]
+    from _local_update_helpers import detached  # type: ignore[no-redef]
 
 WORLD = 4
 
@@ -109,3 +114,102 @@ def test_equal_norms_reduce_to_plain_average(pool):
         X = torch.stack([x for x, _, _ in res])
         assert torch.equal(res[0][2], torch.full_like(res[0][2], 0.25))
         assert torch.equal(res[0][1], X.mean(0))
+
+
+# ------------------------------------------------------------------------------------ the strategy (detached)
+def _set_grads(s, scale):
+    for p in s.params:
+        p.grad = torch.full_like(p, scale)
+
+
+def _grawa_strategy_round(kwargs, grad_scale_by_rank):
+    rank = dist.get_rank()
+    s = detached(GRAWAStrategy, **kwargs)
+    _set_grads(s, grad_scale_by_rank[rank])
+    s.record_gradient_norms()
+    pre = s.flat_params()
+    s.on_round(1)
+    return rank, {"pre": pre, "post": s.flat_params(), "logs": dict(s._pending_logs), "bytes": s._round_bytes}
+
+
+def _localsgd_round():
+    rank = dist.get_rank()
+    s = detached(LocalSGDStrategy, period=1)
+    s.on_round(1)
+    return rank, s.flat_params()
+
+
+@pytest.mark.parametrize("level", ["model", "layer"])
+def test_strategy_round_matches_formula(pool, level):
+    scales = [1.0, 2.0, 0.5, 4.0]
+    kwargs = {"level": level, "period": 1, "pull_strength": 0.3, "exponent": 1.0, "eps": 1e-12}
+    res = run_on_pool(pool, WORLD, _grawa_strategy_round, kwargs, scales)
+    X = torch.stack([r["pre"] for r in res]).double()
+    # every gradient entry equals the rank's scale, so every norm is proportional to it: w ∝ 1 / scale
+    w = torch.tensor([1 / s for s in scales], dtype=torch.float64)
+    w = w / w.sum()
+    center = (w.reshape(-1, 1) * X).sum(0)
+    for i, r in enumerate(res):
+        torch.testing.assert_close(r["post"].double(), 0.7 * X[i] + 0.3 * center, rtol=1e-6, atol=1e-5)
+        assert r["logs"]["dist/grawa_weight"] == pytest.approx(float(w[i]))
+        n_norms = 1 if level == "model" else 2  # Linear(3, 2): weight and bias
+        assert r["bytes"] == 8 * 4 + 8 * n_norms
+
+
+def test_exponent_zero_and_full_pull_is_local_sgd_bitwise(pool):
+    kwargs = {"period": 1, "pull_strength": 1.0, "exponent": 0.0}
+    res = run_on_pool(pool, WORLD, _grawa_strategy_round, kwargs, [1.0, 2.0, 3.0, 4.0])
+    ref = run_on_pool(pool, WORLD, _localsgd_round)
+    for r, flat in zip(res, ref):
+        assert torch.equal(r["post"], flat)
+
+
+def _module_strategy(**kwargs):
+    s = GRAWAStrategy(**kwargs)
+    module = torch.nn.Linear(3, 2)
+    s._lightning_module = module
+    return s
+
+
+def test_period_statistics_nonfinite_steps_and_state():
+    mean = _module_strategy(statistic="mean_over_period")
+    last = _module_strategy(statistic="last", level="layer")
+    for s in (mean, last):
+        for scale in (1.0, float("nan"), 3.0):
+            _set_grads(s, scale)
+            s.record_gradient_norms()
+        assert s.nonfinite_events == 1 and s._count == 2
+    # model norm of a full tensor set: |scale| * sqrt(8)
+    assert mean.statistic_norms().item() == pytest.approx(2.0 * 8**0.5)
+    torch.testing.assert_close(last.statistic_norms(), torch.tensor([3.0 * 6**0.5, 3.0 * 2**0.5], dtype=torch.float64))
+    fresh = _module_strategy(statistic="mean_over_period")
+    assert fresh.statistic_norms().item() == float("inf")  # no finite step yet: weight 0 in the round
+    fresh.load_extra_state_dict(mean.extra_state_dict())
+    assert torch.equal(fresh.statistic_norms(), mean.statistic_norms())
+
+
+class _FakeScaler:
+    def is_enabled(self):
+        return True
+
+    def get_scale(self):
+        return 1024.0
+
+
+def test_norms_are_unscaled_under_amp():
+    s = _module_strategy()
+    s._precision_plugin = types.SimpleNamespace(scaler=_FakeScaler())
+    _set_grads(s, 1024.0)
+    s.record_gradient_norms()
+    assert s.statistic_norms().item() == pytest.approx(8**0.5)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [({"level": "block"}, "level"), ({"statistic": "ema"}, "statistic"), ({"exponent": -1}, "exponent"),
+     ({"eps": 0.0}, "eps"), ({"pull_strength": 1.5}, "pull_strength"), ({"period": 0}, "period")],
+)  # fmt: skip
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GRAWAStrategy(**kwargs)
+    assert LGRAWAStrategy().level == "layer" and GRAWAStrategy().level == "model"
