@@ -30,10 +30,13 @@ Writing a new method is a subclass with ``strategy_name``, its ``__init__`` argu
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Mapping
+from datetime import timedelta
 from typing import Any, ClassVar
 
 import torch.distributed as dist
+from lightning.fabric.utilities.seed import reset_seed
 from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
@@ -371,6 +374,42 @@ class LocalUpdateStrategy(DDPStrategy):
                 "`devices>=2` (or several nodes), or plain single-device training without this strategy."
             )
         super()._configure_launcher()
+
+    @override
+    def setup_distributed(self) -> None:
+        """Like DDP's, but a torchrun restart gets a process group on a fresh, attempt-prefixed store.
+
+        Under ``torchrun --max-restarts`` the workers share the elastic agent's TCP store across attempts; with the
+        torch 2.14 gloo backend a restarted group can read the previous attempt's peer addresses from it and fail
+        with "Gloo connectFullMesh failed ... Connection refused". Prefixing the store with the restart count
+        avoids the stale keys. Outside TorchElastic restarts this is exactly ``DDPStrategy.setup_distributed``.
+        """
+        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        if restart == "0" or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or dist.is_initialized():
+            super().setup_distributed()
+            return
+        reset_seed()
+        self.set_world_ranks()
+        self._process_group_backend = self._get_process_group_backend()
+        assert self.cluster_environment is not None
+        timeout = self._timeout if self._timeout is not None else timedelta(minutes=30)
+        store = dist.TCPStore(
+            self.cluster_environment.main_address,
+            self.cluster_environment.main_port,
+            self.world_size,
+            is_master=False,
+            timeout=timeout,
+        )
+        prefixed = dist.PrefixStore(f"/lightning_autoopt/attempt_{restart}", store)
+        device_id = self.root_device if self.root_device.type != "cpu" else None
+        dist.init_process_group(
+            self._process_group_backend,
+            store=prefixed,
+            rank=self.global_rank,
+            world_size=self.world_size,
+            timeout=timeout,
+            device_id=device_id,
+        )
 
     @override
     def configure_ddp(self) -> None:
