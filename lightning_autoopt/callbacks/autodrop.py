@@ -235,6 +235,10 @@ class AutoDrop(Callback):
         step = trainer.global_step  # restored by now, unlike in on_fit_start
         if isinstance(self.interval, int) and self._next_action_step <= step:
             self._next_action_step = (step // self.interval + 1) * self.interval
+        if self.interval == "epoch" and trainer.current_epoch != self._epoch_seen:
+            # Resuming from a checkpoint written at the last batch of an epoch: Lightning continues with the next
+            # epoch without calling on_train_epoch_start for it, so start that epoch's bookkeeping here.
+            self._start_epoch(trainer)
         if self.interval == "epoch":
             steps = trainer.num_training_batches
             if isinstance(steps, int) and steps // max(1, trainer.accumulate_grad_batches) < 2:
@@ -248,10 +252,13 @@ class AutoDrop(Callback):
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.interval != "epoch" or trainer.current_epoch == self._epoch_seen:
-            return  # int interval, or the same epoch restarted after a mid-epoch resume
+            return  # int interval, or an epoch already started (resumed mid-epoch, or started in on_train_start)
+        self._start_epoch(trainer)
+
+    def _start_epoch(self, trainer: pl.Trainer) -> None:
         self._epoch_seen = trainer.current_epoch
         self._pending_slot = None
-        self._next_action_step = trainer.global_step + 1
+        self._next_action_step = trainer.global_step + 1  # position after the epoch's first optimizer step
 
     @override
     def on_train_batch_end(

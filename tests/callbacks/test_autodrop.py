@@ -349,27 +349,30 @@ def _resume_trainer(tmp_path: Path, autodrop: AutoDrop, **kwargs) -> pl.Trainer:
     return _trainer(tmp_path, max_epochs=6, callbacks=[autodrop, ckpt], enable_checkpointing=True, **kwargs)
 
 
-def _resume_autodrop() -> AutoDrop:
+def _resume_autodrop(interval: int | str) -> AutoDrop:
+    if interval == "epoch":  # decisions once per epoch: huge theta and no patience so drops happen in 6 epochs
+        return AutoDrop(interval="epoch", theta=1e3, patience=0, drop_factor=0.5, min_lr=0.0, max_theta=None)
     return AutoDrop(interval=3, theta=20.0, patience=2, drop_factor=0.5, min_lr=0.0, max_theta=None)
 
 
-def test_crash_and_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("interval", "crash_at"), [(3, 57), ("epoch", 73)])
+def test_crash_and_resume_equals_uninterrupted_run(tmp_path: Path, interval: int | str, crash_at: int) -> None:
     # Checkpoints every 16 steps = at the end of each epoch (Lightning itself is not bitwise-resumable from a
-    # mid-epoch checkpoint with a plain DataLoader); the crash at step 57 falls inside an averaging window.
-    full = _resume_autodrop()
+    # mid-epoch checkpoint with a plain DataLoader); with interval=3 the crash falls inside an averaging window.
+    full = _resume_autodrop(interval)
     trainer = _resume_trainer(tmp_path / "full", full)
     torch.manual_seed(0)
     model_full = TinyClassifier(momentum=0.9)
     trainer.fit(model_full, TinyDataModule())
     assert full.drops >= 2, "the run must contain drops before and after the crash to test anything"
 
-    first = _resume_autodrop()
+    first = _resume_autodrop(interval)
     crashed = _resume_trainer(tmp_path / "crash", first)
     torch.manual_seed(0)
     with pytest.raises(RuntimeError, match="CRASH"):
-        crashed.fit(TinyClassifier(momentum=0.9, crash_at_step=57), TinyDataModule())
+        crashed.fit(TinyClassifier(momentum=0.9, crash_at_step=crash_at), TinyDataModule())
     assert 1 <= first.drops < full.drops
-    second = _resume_autodrop()
+    second = _resume_autodrop(interval)
     resumed = _resume_trainer(tmp_path / "crash", second)
     model_resumed = TinyClassifier(momentum=0.9)
     resumed.fit(model_resumed, TinyDataModule(), ckpt_path=str(tmp_path / "crash" / "ckpt" / "last.ckpt"))
