@@ -99,3 +99,26 @@ def test_autograd_paths_agree(cache_graph, batched):
     assert torch.allclose(op.matmat(v), v @ h, atol=1e-10)
     f.set_flat(f.get_flat() * 1.5)  # a weight change must invalidate the cached gradient graphs
     assert torch.allclose(op.matmat(v), v @ exact_hessian(f), atol=1e-10)
+
+
+class TinyAttention(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.qkv = torch.nn.Linear(4, 12)
+        self.out = torch.nn.Linear(4, 3)
+
+    def forward(self, x):  # x: (B, T, 4)
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return self.out(torch.nn.functional.scaled_dot_product_attention(q, k, v).mean(dim=1))
+
+
+@pytest.mark.parametrize("backend", ["autograd", "func"])
+def test_attention_models_work_through_the_math_backend(backend):
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(3, 5, 4, generator=g), torch.randint(0, 3, (3,), generator=g))]
+    f = LossFunctional(TinyAttention(), batches)
+    v = torch.randn(2, f.dim, generator=g)
+    got = HVPOperator(f, backend=backend).matmat(v)
+    want = v @ exact_hessian(f)
+    assert float((got - want).norm() / want.norm()) < 1e-5
