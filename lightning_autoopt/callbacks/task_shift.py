@@ -42,6 +42,8 @@ class TaskShiftDetector(Callback):
         std_floor: Lower bound of the window std (TAME: 0.005).
         min_history: Losses needed in the window before the test may fire (after the start and after each shift).
         initial_loss: Seed of the window, e.g. ``ln(num_classes)``; ``None`` seeds with the first loss.
+        lag: Steps a loss waits before it joins the window (0 = TAME's code; see
+            :class:`~lightning_autoopt.continual.LossShiftDetector`).
         loss_key: Key of the loss when ``training_step`` returns a dict.
         reset_optimizer_state: On a shift, clear every optimizer's state (momentum, Adam moments).
         restore_initial_lr: On a shift, set every parameter group's learning rate back to its value at the start of
@@ -67,6 +69,7 @@ class TaskShiftDetector(Callback):
         std_floor: float = 0.005,
         min_history: int = 5,
         initial_loss: float | None = None,
+        lag: int = 10,
         loss_key: str = "loss",
         reset_optimizer_state: bool = False,
         restore_initial_lr: bool = False,
@@ -84,6 +87,7 @@ class TaskShiftDetector(Callback):
             std_floor=std_floor,
             min_history=min_history,
             initial_loss=initial_loss,
+            lag=lag,
         )
         self.loss_key = loss_key
         self.reset_optimizer_state = reset_optimizer_state

@@ -33,6 +33,11 @@ class LossShiftDetector:
             first steps of a new task. Use 1 to reproduce the reference.
         initial_loss: Seed of the window and the EMAs, e.g. ``ln(num_classes)`` (the loss of a uniform guess), as
             TAME does for a fresh expert. ``None`` seeds them with the first finite loss seen instead.
+        lag: A recorded loss joins the window only ``lag`` records later. In TAME's code (``lag=0``) the first
+            losses of a new task enter the window at once and raise the threshold faster than the EMA (alpha 0.2)
+            rises, so a jump smaller than about ``5 * k * std`` can go unseen (measured: permuted MNIST-1D with an
+            MLP misses every boundary). With a lag, the EMA has ``lag`` batches to climb above a threshold that
+            still describes the old task; a jump of about ``1.2 * k * std`` is then detected within ``lag`` batches.
 
     Raises:
         ValueError: If an argument is out of range.
@@ -53,6 +58,7 @@ class LossShiftDetector:
         std_floor: float = 0.005,
         min_history: int = 5,
         initial_loss: float | None = None,
+        lag: int = 10,
     ) -> None:
         if int(window) != window or window < 2:
             raise ValueError(f"`window` must be an integer >= 2, got {window!r}.")
@@ -64,6 +70,8 @@ class LossShiftDetector:
             raise ValueError(f"`std_floor` must be >= 0, got {std_floor!r}.")
         if int(min_history) != min_history or not 1 <= min_history <= window:
             raise ValueError(f"`min_history` must be an integer in [1, window={window}], got {min_history!r}.")
+        if int(lag) != lag or lag < 0:
+            raise ValueError(f"`lag` must be an integer >= 0 (0 = TAME's code), got {lag!r}.")
         if initial_loss is not None and not math.isfinite(initial_loss):
             raise ValueError(f"`initial_loss` must be finite or None, got {initial_loss!r}.")
         self.window_size = int(window)
@@ -72,7 +80,9 @@ class LossShiftDetector:
         self.std_floor = float(std_floor)
         self.min_history = int(min_history)
         self.initial_loss = initial_loss
+        self.lag = int(lag)
         self.window: deque[float] = deque(maxlen=self.window_size)
+        self.pending: deque[float] = deque()  # recorded losses waiting `lag` records to join the window
         self.smoothed: float | None = None  # EMA over every batch observed (TAME: all_smoothed)
         self.active_smoothed: float | None = None  # EMA over trained-on batches only
         self.threshold: float = math.inf
@@ -86,6 +96,7 @@ class LossShiftDetector:
     def reset(self, seed_loss: float | None = None) -> None:
         """Forget the window and the EMAs; seed them with ``seed_loss`` if given (counters are kept)."""
         self.window.clear()
+        self.pending.clear()
         self.smoothed = self.active_smoothed = None
         self.threshold = math.inf
         if seed_loss is not None:
@@ -123,18 +134,25 @@ class LossShiftDetector:
         loss = float(loss)
         if not math.isfinite(loss):
             return
-        self.window.append(loss)
+        self.pending.append(loss)
         self.active_smoothed = self._ema(self.active_smoothed, loss)
-        self._refresh_threshold()
+        if len(self.pending) > self.lag:
+            self.window.append(self.pending.popleft())
+            self._refresh_threshold()
 
     def tentative(self, loss: float) -> float:
         """The active EMA this loss would give: ``alpha * loss + (1 - alpha) * active_smoothed``."""
         return self._ema(self.active_smoothed, float(loss))
 
     def fits(self, loss: float) -> bool:
-        """TAME's re-use test: the tentative active EMA is below this detector's (frozen) threshold."""
+        """Re-use test: the tentative active EMA *and the loss itself* are below this detector's (frozen) threshold.
+
+        TAME's code tests the tentative EMA only; as it keeps 80 % of the expert's old (low) EMA, an unrelated
+        expert can pass on one batch and fire again on the next (a false detection). Requiring the raw loss to fit
+        too removes that, while an expert that really knows the batch's task has a loss near its window mean.
+        """
         loss = float(loss)
-        return math.isfinite(loss) and self.tentative(loss) < self.threshold
+        return math.isfinite(loss) and self.tentative(loss) < self.threshold and loss < self.threshold
 
     def reactivate(self, loss: float) -> None:
         """Make this detector current again after :meth:`fits`: its all-batches EMA restarts at the tentative EMA."""
@@ -166,6 +184,7 @@ class LossShiftDetector:
     def state_dict(self) -> dict[str, Any]:
         return {
             "window": list(self.window),
+            "pending": list(self.pending),
             "smoothed": self.smoothed,
             "active_smoothed": self.active_smoothed,
             "threshold": self.threshold,
@@ -176,6 +195,7 @@ class LossShiftDetector:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.window = deque((float(v) for v in state["window"]), maxlen=self.window_size)
+        self.pending = deque(float(v) for v in state["pending"])
         self.smoothed = state["smoothed"]
         self.active_smoothed = state["active_smoothed"]
         self.threshold = float(state["threshold"])
@@ -186,5 +206,6 @@ class LossShiftDetector:
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(window={self.window_size}, ema_alpha={self.ema_alpha}, k_sigma={self.k_sigma}, "
-            f"std_floor={self.std_floor}, min_history={self.min_history}, initial_loss={self.initial_loss})"
+            f"std_floor={self.std_floor}, min_history={self.min_history}, initial_loss={self.initial_loss}, "
+            f"lag={self.lag})"
         )

@@ -65,6 +65,8 @@ class TAME(pl.LightningModule):
         k_sigma: Detector threshold in standard deviations (TAME: 3).
         std_floor: Detector std floor (TAME: 0.005).
         min_history: Losses an expert needs in its window before its test may fire.
+        lag: Steps a loss waits before it joins the window (0 = TAME's code; see
+            :class:`~lightning_autoopt.continual.LossShiftDetector`).
         sigmoid_logits: Apply ``sigmoid`` to the logits before the cross-entropy, as TAME's code does (bounds the
             loss, which changes the detector's statistics).
         max_experts: Cap on the pool; at the cap a shift re-uses the expert with the lowest tentative EMA.
@@ -108,6 +110,7 @@ class TAME(pl.LightningModule):
         k_sigma: float = 3.0,
         std_floor: float = 0.005,
         min_history: int = 5,
+        lag: int = 10,
         sigmoid_logits: bool = False,
         max_experts: int = 20,
         buffer_size: int = 1000,
@@ -175,6 +178,7 @@ class TAME(pl.LightningModule):
             std_floor=h.std_floor,
             min_history=h.min_history,
             initial_loss=math.log(h.num_classes),
+            lag=h.lag,
         )
 
     def _build(self, spec: str | dict[str, Any], outputs: int, index: int) -> nn.Module:

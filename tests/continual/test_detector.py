@@ -33,6 +33,17 @@ def test_never_fires_on_a_stationary_noisy_stream(seed):
     assert not any(det.update(v) for v in losses)
 
 
+def test_lag_catches_a_moderate_jump_that_the_reference_rule_misses():
+    rng = random.Random(0)
+    stream = _noisy(rng, 1.3, 0.1, 300) + _noisy(rng, 1.8, 0.1, 100)  # jump of 5 sigma
+    fired = {
+        lag: [i for i, v in enumerate(stream) if d.update(v)]
+        for lag, d in ((lag, LossShiftDetector(lag=lag)) for lag in (0, 10))
+    }
+    assert fired[0] == []  # the new losses raise the threshold faster than the EMA climbs
+    assert len(fired[10]) == 1 and 300 <= fired[10][0] <= 310
+
+
 def test_nan_and_inf_are_ignored_and_counted():
     det = LossShiftDetector(min_history=2)
     for v in [0.5] * 20:
@@ -46,7 +57,7 @@ def test_nan_and_inf_are_ignored_and_counted():
 
 
 def test_threshold_is_mean_plus_k_max_std_floor():
-    det = LossShiftDetector(window=4, k_sigma=3.0, std_floor=0.005, min_history=1)
+    det = LossShiftDetector(window=4, k_sigma=3.0, std_floor=0.005, min_history=1, lag=0)
     for v in [1.0, 1.0, 1.0, 1.0]:
         det.update(v)
     assert det.threshold == pytest.approx(1.0 + 3 * 0.005)
@@ -61,9 +72,9 @@ def test_reuse_test_and_state_roundtrip():
     for _ in range(50):
         det.observe(0.2)
         det.record(0.2)
-    assert det.fits(0.25) and not det.fits(3.0)
-    det.reactivate(0.25)
-    assert det.smoothed == pytest.approx(0.2 * 0.25 + 0.8 * det.active_smoothed)
+    assert det.fits(0.21) and not det.fits(0.25) and not det.fits(3.0)  # raw loss must fit too
+    det.reactivate(0.21)
+    assert det.smoothed == pytest.approx(0.2 * 0.21 + 0.8 * det.active_smoothed)
     clone = LossShiftDetector(initial_loss=1.0)
     clone.load_state_dict(det.state_dict())
     assert clone.state_dict() == det.state_dict()
