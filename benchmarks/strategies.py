@@ -1,0 +1,233 @@
+"""Distributed strategies I benchmark: DDP vs LocalSGD vs EASGD vs LSGD (one group, two groups) on MNIST-1D.
+
+Four CPU worker processes (gloo) are started once, like ``torchrun`` would, and every method x seed is trained in
+the same processes one after the other, so the ratios are measured side by side. Every run: the reference 1-D CNN
+(``Classifier(arch="cnn")``), the same epochs and per-worker batch, SGD lr 0.05 momentum 0.9. After every epoch the
+strategy's *policy weights* (LSGD: leader, EASGD: center, LocalSGD: average; DDP: its single model) are tested on
+the full MNIST-1D test split, together with the cumulative bytes sent so far (``dist/bytes_sent`` convention: a
+collective over ``n`` fp32 values counts ``4 n`` bytes per rank; DDP = one all-reduce of the ``4 * num_params``
+gradient bytes per step). Wall time per epoch excludes that evaluation and is compared with the no-communication
+limit (local SGD with an infinite period). ``consensus_every=0`` everywhere: the diagnostic is off.
+
+Add a method: one entry in :func:`methods` (``name -> (strategy class name in lightning_autoopt.strategies or
+"ddp", init args)``).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/strategies.py                        # 3 seeds x 8 epochs
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/strategies.py --seeds 0 --epochs 1   # smoke run
+
+Writes ``benchmarks/out/strategies.json`` and ``benchmarks/out/strategies_acc_vs_bytes.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "out"
+
+
+def methods(period: int) -> dict[str, tuple[str, dict[str, Any]]]:
+    """name -> (strategy class name in ``lightning_autoopt.strategies`` or ``"ddp"``, init args)."""
+    off = {"consensus_every": 0}
+    return {
+        "DDP": ("ddp", {}),
+        "no-comm": ("LocalSGDStrategy", {"period": 10**9, **off}),
+        f"LocalSGD p={period}": ("LocalSGDStrategy", {"period": period, **off}),
+        f"EASGD p={period} b=0.43": ("EASGDStrategy", {"period": period, "elastic_strength": 0.43, **off}),
+        f"LSGD p={period} l=0.5": ("LSGDStrategy", {"period": period, "pull_strength": 0.5, **off}),
+        f"LSGD 2x2 p={period}/{period // 4} l=0.5": (
+            "LSGDStrategy",
+            {
+                "period": period,
+                "pull_strength": 0.5,
+                "local_period": max(period // 4, 1),
+                "local_pull_strength": 0.5,
+                "group_size": 2,
+                **off,
+            },
+        ),
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _worker(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+        LOCAL_RANK=str(rank), NODE_RANK="0", OMP_NUM_THREADS="1",
+    )  # fmt: skip
+    sys.path.insert(0, str(HERE.parent))
+    import lightning.pytorch as pl
+    import torch
+
+    import lightning_autoopt.strategies as S
+    from lightning_autoopt.data import MNIST1DDataModule
+    from lightning_autoopt.models import Classifier
+
+    torch.set_num_threads(1)
+
+    class Probe(pl.Callback):
+        """Per epoch: training seconds (excluding this probe) and the policy weights' test accuracy and bytes."""
+
+        def __init__(self, dm: Any) -> None:
+            self.dm, self.rows, self.t0 = dm, [], 0.0
+
+        def on_train_epoch_start(self, trainer, pl_module):  # type: ignore[no-untyped-def]
+            self.t0 = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer, pl_module):  # type: ignore[no-untyped-def]
+            seconds = time.perf_counter() - self.t0
+            strategy = trainer.strategy
+            local = isinstance(strategy, S.LocalUpdateStrategy)
+            if local:
+                strategy._swap_in_policy()  # collective: every rank
+            was_training = pl_module.training
+            pl_module.eval()
+            correct = total = 0
+            with torch.no_grad():
+                for x, y in self.dm.test_dataloader():
+                    correct += int((pl_module(x).argmax(1) == y).sum())
+                    total += len(y)
+            pl_module.train(was_training)
+            if local:
+                strategy._swap_out_policy()
+                sent = strategy.bytes_sent_total
+            else:
+                sent = 4 * sum(p.numel() for p in pl_module.parameters()) * trainer.global_step
+            self.rows.append({"epoch": trainer.current_epoch + 1, "seconds": seconds, "acc": correct / total,
+                              "bytes": sent, "steps": trainer.global_step})  # fmt: skip
+
+    import torch.distributed as dist
+
+    results = []
+    for seed in args.seeds:
+        for name, (cls_name, kwargs) in methods(args.period).items():
+            if args.methods and name.split()[0] not in args.methods:
+                continue
+            pl.seed_everything(seed, workers=True, verbose=False)
+            dm = MNIST1DDataModule(batch_size=args.batch_size, num_samples=5000, seed=0, cache_dir=str(OUT / "cache"))
+            dm.setup("test")
+            model = Classifier(arch="cnn", lr=args.lr, momentum=0.9, weight_decay=5e-4)
+            strategy = "ddp" if cls_name == "ddp" else getattr(S, cls_name)(**kwargs)
+            probe = Probe(dm)
+            trainer = pl.Trainer(
+                accelerator="cpu", devices=world, strategy=strategy, max_epochs=args.epochs, limit_val_batches=0,
+                num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False, logger=False,
+                enable_checkpointing=False, callbacks=[probe], default_root_dir=str(OUT / "strategies_runs"),
+            )  # fmt: skip
+            trainer.fit(model, datamodule=dm)
+            # the slowest rank decides the wall time of an epoch
+            secs = torch.tensor([r["seconds"] for r in probe.rows], dtype=torch.float64)
+            dist.all_reduce(secs, op=dist.ReduceOp.MAX)
+            if rank == 0:
+                n_params = sum(p.numel() for p in model.parameters())
+                for r, s in zip(probe.rows, secs.tolist()):
+                    r["seconds"] = s
+                row = {"method": name, "seed": seed, "n_params": n_params, "curve": probe.rows}
+                results.append(row)
+                last = probe.rows[-1]
+                print(json.dumps({"method": name, "seed": seed, "acc": last["acc"], "bytes": last["bytes"],
+                                  "steps": last["steps"], "sec_per_epoch": statistics.mean(secs.tolist())}),
+                      flush=True)  # fmt: skip
+            dist.barrier()
+    if rank == 0:
+        OUT.mkdir(parents=True, exist_ok=True)
+        (OUT / "strategies.json").write_text(json.dumps({"args": vars(args), "runs": results}, indent=1))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def summarize(path: Path) -> str:
+    data = json.loads(path.read_text())
+    runs = data["runs"]
+    names = list(dict.fromkeys(r["method"] for r in runs))
+
+    def per(name: str) -> list[dict[str, Any]]:
+        return [r for r in runs if r["method"] == name]
+
+    def final_acc(name: str) -> list[float]:
+        return [100 * r["curve"][-1]["acc"] for r in per(name)]
+
+    def bytes_per_step(name: str) -> float:
+        return statistics.mean(r["curve"][-1]["bytes"] / max(r["curve"][-1]["steps"], 1) for r in per(name))
+
+    def sec_per_epoch(name: str) -> float:
+        # skip the first epoch (process warm-up) when there are several
+        return statistics.mean(statistics.mean(c["seconds"] for c in (r["curve"][1:] or r["curve"])) for r in per(name))
+
+    ddp_acc = statistics.mean(final_acc("DDP")) if "DDP" in names else float("nan")
+    ddp_bytes = 4.0 * runs[0]["n_params"]
+    nocomm = sec_per_epoch("no-comm") if "no-comm" in names else float("nan")
+    lines = [
+        "| method | final test acc % (mean ± sd) | Δ vs DDP (points) | bytes/step vs DDP | s/epoch vs no-comm |",
+        "|---|---|---|---|---|",
+    ]
+    for name in names:
+        acc = final_acc(name)
+        sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
+        lines.append(
+            f"| {name} | {statistics.mean(acc):.2f} ± {sd:.2f} | {statistics.mean(acc) - ddp_acc:+.2f} | "
+            f"{bytes_per_step(name) / ddp_bytes:.4f} | {sec_per_epoch(name) / nocomm:.2f} |"
+        )
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for name in names:
+            curves = [r["curve"] for r in per(name)]
+            n = min(len(c) for c in curves)
+            xs = [statistics.mean(c[i]["bytes"] for c in curves) / 2**20 for i in range(n)]
+            ys = [100 * statistics.mean(c[i]["acc"] for c in curves) for i in range(n)]
+            if name == "no-comm":
+                xs = [max(x, 1e-3) for x in xs]
+            ax.plot(xs, ys, marker="o", ms=3, label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel("cumulative MiB sent per worker (log; no-comm drawn at 1e-3)")
+        ax.set_ylabel("test accuracy of the policy weights (%)")
+        ax.set_title(f"MNIST-1D CNN, 4 CPU workers, mean of {len(data['args']['seeds'])} seeds, one point per epoch")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(OUT / "strategies_acc_vs_bytes.png", dpi=120)
+    except ImportError:  # pragma: no cover
+        pass
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--period", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=32, help="per worker (4 workers -> 128 global)")
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--world", type=int, default=4)
+    parser.add_argument("--methods", nargs="*", default=None, help="first word of method names to run")
+    parser.add_argument("--summarize-only", action="store_true")
+    args = parser.parse_args()
+    if not args.summarize_only:
+        import torch.multiprocessing as mp
+
+        t0 = time.time()
+        mp.start_processes(_worker, args=(args.world, _free_port(), args), nprocs=args.world, start_method="spawn")
+        print(f"total wall time {time.time() - t0:.0f} s")
+    print(summarize(OUT / "strategies.json"))
+
+
+if __name__ == "__main__":
+    main()
