@@ -117,17 +117,3 @@ def adjacent_leader_update(
     out = y * (1.0 - best_pull - degree_pull)
     out.add_(best, alpha=best_pull).add_(max_degree, alpha=degree_pull)
     return out
-
-
-def consensus_distance(flat: torch.Tensor, group: dist.ProcessGroup | None = None) -> float:
-    """Root-mean-square distance of the workers to their average, ``sqrt(mean_m ||x_m - mean(x)||^2)``.
-
-    A collective: every rank must call it.
-    """
-    world = dist.get_world_size(group)
-    mean = flat.detach().clone()
-    dist.all_reduce(mean, group=group)
-    mean.div_(world)
-    sq = (flat.detach() - mean).pow(2).sum().reshape(1).to(torch.float64)
-    dist.all_reduce(sq, group=group)
-    return math.sqrt(float(sq) / world)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -98,8 +98,8 @@ class ALDSGDStrategy(DPSGDStrategy):
             raise ValueError(f"`best_mix + degree_mix` must be <= 1, got {self.best_mix + self.degree_mix}.")
         if self.best_pull + self.degree_pull > 1.0:
             raise ValueError(f"`best_pull + degree_pull` must be <= 1, got {self.best_pull + self.degree_pull}.")
-        self.pull_period = check_period("pull_period", pull_period)
-        self.loss_window = check_period("loss_window", loss_window)
+        self.pull_period: int = cast(int, check_period("pull_period", pull_period))
+        self.loss_window: int = cast(int, check_period("loss_window", loss_window))
         super().__init__(
             graph=graph,
             dynamic_graph=dynamic_graph,

@@ -8,7 +8,7 @@ code base (graphs as lists of matchings, ``alpha = 2 / (lambda_2 + lambda_max)``
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from torch import Tensor
 from typing_extensions import override
@@ -116,7 +116,7 @@ class DPSGDStrategy(LocalUpdateStrategy):
         self.dynamic_graph = dynamic_graph
         self.activation = activation
         self.budget = float(budget)
-        self.period = check_period("period", period)
+        self.period: int = cast(int, check_period("period", period))
         self.edge_prob = float(edge_prob)
         self.graph_seed = int(graph_seed)
         super().__init__(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -98,7 +98,7 @@ class GRAWAStrategy(LocalUpdateStrategy):
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < math.inf:
             raise ValueError(f"`eps` must be a finite number > 0 (guard against zero gradients), got {eps!r}.")
         self.level = level
-        self.period = check_period("period", period)
+        self.period: int = cast(int, check_period("period", period))
         self.pull_strength = check_strength("pull_strength", pull_strength)
         self.exponent = float(exponent)
         self.eps = float(eps)
