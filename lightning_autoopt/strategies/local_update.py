@@ -139,7 +139,9 @@ class LocalUpdateStrategy(DDPStrategy):
       ``"state_dict"`` in checkpoints: ``"local"`` (each rank its own replica; the file holds rank 0's),
       ``"average"`` (the mean of all replicas), ``"leader"`` (the current leader's replica; rank 0 before any
       leader exists). Subclasses may add policies (EASGD: ``"center"``). Validation swaps the policy weights in and
-      restores each rank's own replica afterwards; ``validate``/``test`` outside ``fit`` evaluate the policy weights.
+      restores each rank's own replica afterwards; ``validate``/``test`` outside ``fit`` evaluate the policy weights;
+      at the end of ``fit`` (``on_train_end``, after the callbacks' hooks) every rank's module is left holding the
+      policy weights, so the model ``fit`` hands back (also under ``spawn``) is the policy's.
     * Checkpoints additionally hold, under ``"local_update_strategy"``, every rank's replica, optimizer states and
       strategy state, gathered to rank 0 (who writes the file). On resume with the same world size each rank
       reloads its own; with a different world size every rank starts from the policy weights (with a warning).
@@ -501,6 +503,14 @@ class LocalUpdateStrategy(DDPStrategy):
     def on_validation_end(self) -> None:
         self._swap_out_policy()
         super().on_validation_end()
+
+    @override
+    def on_train_end(self) -> None:
+        """Leave the policy weights in every rank's module, so the model returned by ``fit`` is the policy's."""
+        super().on_train_end()
+        if self.eval_policy != "local" and self._groups_ready and _dist_ready():
+            self._swap_out_policy()
+            self.write_state(self.policy_flat(self.eval_policy))
 
     @override
     def on_exception(self, exception: BaseException) -> None:

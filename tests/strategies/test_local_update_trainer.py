@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch import Trainer
 
 import lightning_autoopt  # noqa: F401
-from tests.helpers import TinyClassifier, TinyDataModule
+from tests.helpers import TinyClassifier, TinyDataModule, flat_params
 
 try:
     from ._local_update_helpers import FlatRecorder, NaNOnRank, RecordingLSGD
@@ -43,10 +43,13 @@ def test_lsgd_replicas_diverge_between_rounds_and_meet_by_the_formula(tmp_path):
     lam, period = 0.5, 3
     strategy = RecordingLSGD(record_dir=str(tmp_path), period=period, pull_strength=lam, start_method="spawn")
     trainer = _trainer(tmp_path, strategy, max_steps=7, callbacks=[FlatRecorder(str(tmp_path))])
-    trainer.fit(TinyClassifier(), TinyDataModule())
+    model = TinyClassifier()
+    trainer.fit(model, TinyDataModule())
     rounds = _load(tmp_path, "rounds", 2)
     steps = _load(tmp_path, "rank", 2)
     assert [r["step"] for r in rounds[0]] == [3, 6]
+    # fit hands back the policy weights (eval_policy="leader": the last leader's replica), also under spawn
+    assert torch.equal(flat_params(model), steps[rounds[0][-1]["leader"]]["final"])
     for i in range(2):
         metrics = torch.tensor([rounds[r][i]["metric"] for r in range(2)])
         leader = int(torch.argmin(metrics))  # argmin returns the first (lowest-rank) minimum
