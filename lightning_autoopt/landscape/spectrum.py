@@ -131,21 +131,22 @@ def lanczos(
     num_iter = min(num_iter, op.dim)
     v = rademacher(1, op.dim, generator)[0] if start is None else start.detach().to("cpu", torch.float64).clone()
     v = v / v.norm()
-    basis = torch.empty(num_iter, op.dim, dtype=torch.float64)
+    basis: list[Tensor] = []  # grown one vector at a time: no num_iter x dim buffer when Lanczos stops early
     alphas: list[float] = []
     betas: list[float] = []
     previous: Tensor | None = None
     for j in range(num_iter):
-        basis[j] = v
+        basis.append(v)
         w = _apply(op, v[None])[0]
         alpha = float(w @ v)
         if not math.isfinite(alpha):
             alphas.append(float("nan"))
             break
         alphas.append(alpha)
-        # full re-orthogonalisation (twice is enough) keeps the Ritz values free of spurious copies
+        # full re-orthogonalisation (modified Gram-Schmidt, twice) keeps the Ritz values free of spurious copies
         for _ in range(2):
-            w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)
+            for q in basis:
+                w = w - (q @ w) * q
         beta = float(w.norm())
         if tol is not None and j >= top_k:
             ritz = tridiagonal_eigenvalues(torch.tensor(alphas), torch.tensor(betas))[-top_k:]
@@ -231,7 +232,9 @@ def hutchinson_trace(
         return torch.cat(out)
 
     if method == "hutchinson":
-        s = samples(rademacher(num_probes, op.dim, gen))
+        # draw the probes block by block so only one block of vectors is alive at a time
+        sizes = [min(block_size, num_probes - i) for i in range(0, num_probes, block_size)]
+        s = torch.cat([samples(rademacher(n, op.dim, gen)) for n in sizes])
         err = float(s.std(unbiased=True) / math.sqrt(num_probes)) if num_probes > 1 else float("nan")
         return TraceEstimate(float(s.mean()), err, num_probes)
     if method != "hutch++":
