@@ -100,3 +100,20 @@ def detached(cls: type, values: torch.Tensor | None = None, **kwargs: Any) -> An
     strategy.setup_round_state()
     strategy._groups_ready = True
     return strategy
+
+
+class ManualTiny(TinyClassifier):
+    """TinyClassifier with manual optimization; logs ``train_loss`` before ``opt.step()`` (the LSGD fallback)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
+        opt = self.optimizers()
+        x, y = batch
+        loss = nn.functional.cross_entropy(self(x), y) * (1.0 + self.global_rank)  # rank 0 always leads
+        self.log("train_loss", loss)
+        opt.zero_grad()
+        self.manual_backward(loss)
+        opt.step()

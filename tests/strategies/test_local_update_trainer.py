@@ -12,9 +12,9 @@ import lightning_autoopt  # noqa: F401
 from tests.helpers import TinyClassifier, TinyDataModule, flat_params
 
 try:
-    from ._local_update_helpers import FlatRecorder, NaNOnRank, RecordingLSGD
+    from ._local_update_helpers import FlatRecorder, ManualTiny, NaNOnRank, RecordingLSGD
 except ImportError:
-    from _local_update_helpers import FlatRecorder, NaNOnRank, RecordingLSGD  # type: ignore[no-redef]
+    from _local_update_helpers import FlatRecorder, ManualTiny, NaNOnRank, RecordingLSGD  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.slow
 
@@ -105,3 +105,15 @@ def test_nan_loss_never_makes_a_leader_and_the_replica_recovers(tmp_path):
     assert not torch.isfinite(rounds[0][0]["pre"]).all()  # rank 0 diverged ...
     assert torch.isfinite(steps[0]["final"]).all()  # ... and was pulled back by the leader
     assert steps[0]["state"]["nonfinite_events"] >= 1 and steps[1]["state"]["nonfinite_events"] == 0
+
+
+def test_manual_optimization_reads_the_logged_loss(tmp_path):
+    strategy = RecordingLSGD(record_dir=str(tmp_path), period=2, pull_strength=1.0, start_method="spawn")
+    trainer = _trainer(tmp_path, strategy, max_steps=4, callbacks=[FlatRecorder(str(tmp_path))])
+    trainer.fit(ManualTiny(), TinyDataModule())
+    rounds = _load(tmp_path, "rounds", 2)
+    steps = _load(tmp_path, "rank", 2)
+    assert [r["step"] for r in rounds[0]] == [2, 4]
+    assert [r["leader"] for r in rounds[0]] == [0, 0]  # rank 1's logged loss is doubled
+    assert steps[0]["state"]["num_steps"] == 4
+    assert torch.equal(steps[0]["final"], steps[1]["final"])  # lambda = 1 at the last step
