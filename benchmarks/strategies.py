@@ -54,6 +54,21 @@ def methods(period: int) -> dict[str, tuple[str, dict[str, Any]]]:
                 **off,
             },
         ),
+        # Strategies II (GRAWA, decentralized gossip); also in benchmarks/strategies_ii.py
+        f"MGRAWA p={period} l=0.5": (
+            "GRAWAStrategy",
+            {"level": "model", "period": period, "pull_strength": 0.5, **off},
+        ),
+        f"LGRAWA p={period} l=0.5": (
+            "GRAWAStrategy",
+            {"level": "layer", "period": period, "pull_strength": 0.5, **off},
+        ),
+        f"D-PSGD ring p={period}": ("DPSGDStrategy", {"graph": "ring", "period": period, **off}),
+        f"AL-DSGD ring p={period}": (
+            "ALDSGDStrategy",
+            {"graph": "ring", "dynamic_graph": None, "period": period, **off},
+        ),
+        f"AL-DSGD ring+random_ring p={period}": ("ALDSGDStrategy", {"graph": "ring", "period": period, **off}),
     }
 
 
