@@ -35,7 +35,8 @@ def test_spawns_one_expert_per_new_task_and_reuses_on_recurring_task(tmp_path):
         dataset="digits", kind="split", num_tasks=3, batches_per_task=40, batch_size=32, task_order=[0, 1, 2, 1]
     )
     model = _tame(selector_epochs=20)
-    _trainer(tmp_path).fit(model, datamodule=dm)
+    trainer = _trainer(tmp_path)
+    trainer.fit(model, datamodule=dm)
     assert model.num_experts == 3  # tasks 0, 1, 2; task 1's return re-uses expert 1
     assert model.spawn_batches == [40, 80]
     assert model.shift_batches == [40, 80, 120]
@@ -44,6 +45,14 @@ def test_spawns_one_expert_per_new_task_and_reuses_on_recurring_task(tmp_path):
     assert m["false_detections"] == 0 and m["missed_boundaries"] == 0
     assert m["class_il_acc"] > 0.6 and m["selector_acc"] > 0.6
     assert model.summary()["selector_sparsity"] == pytest.approx(0.5, abs=0.01)
+    # The final checkpoint (saved after fit) restores the pool and the pruned selector.
+    trainer.save_checkpoint(tmp_path / "final.ckpt")
+    loaded = TAME.load_from_checkpoint(tmp_path / "final.ckpt")
+    x, _, _ = dm.eval_tensors()
+    model.eval()
+    loaded.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
 
 
 class _TinyNet(nn.Module):
