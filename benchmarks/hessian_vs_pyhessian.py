@@ -97,9 +97,12 @@ def worker(method: str, probes: int, seed: int) -> dict:
             est = hutchinson_trace(op, num_probes=probes, block_size=10, generator=gen)
         out.update(eig=eig, eig_s=t_eig.seconds, eig_matvecs=eig_matvecs, trace_s=t_tr.seconds)
         out.update(trace=est.value, trace_se=est.std_error, probes=probes)
+        out["peak_mb"] = (_rss_kb("VmHWM") - base) / 1024  # λ + trace only, like PyHessian's two calls
         with Timer() as t_pp:
             pp = hutchinson_trace(op, num_probes=probes, block_size=10, method="hutch++", generator=gen)
         out.update(trace_pp=pp.value, trace_pp_se=pp.std_error, trace_pp_s=t_pp.seconds)
+        out["peak_mb_with_hutchpp"] = (_rss_kb("VmHWM") - base) / 1024
+        return out
     out["peak_mb"] = (_rss_kb("VmHWM") - base) / 1024
     return out
 
