@@ -148,14 +148,20 @@ class TaskShiftDetector(Callback):
         mean_loss = trainer.strategy.reduce(mean_loss, reduce_op="mean")
         value = float(mean_loss)
         shift = self.detector.update(value)
+        # log() is costly next to a small model's step: log on the logger's cadence, at shifts and at bad losses.
+        every = max(getattr(trainer, "log_every_n_steps", 50), 1)
+        if shift or not math.isfinite(value) or trainer.global_step % every == 0:
+            self._log(pl_module, value, shift)
+        if shift:
+            self._on_shift(trainer, pl_module)
+
+    def _log(self, pl_module: pl.LightningModule, value: float, shift: bool) -> None:
         if math.isfinite(value):
-            pl_module.log("task_shift/loss_ema", float(self.detector.smoothed), on_step=True, on_epoch=False)
+            pl_module.log("task_shift/loss_ema", float(self.detector.smoothed or 0.0), on_step=True, on_epoch=False)
             if math.isfinite(self.detector.threshold):
                 pl_module.log("task_shift/threshold", self.detector.threshold, on_step=True, on_epoch=False)
         pl_module.log("task_shift/shifts", float(self.num_shifts + int(shift)), on_step=True, on_epoch=False)
         pl_module.log("task_shift/nonfinite", float(self.detector.num_nonfinite), on_step=True, on_epoch=False)
-        if shift:
-            self._on_shift(trainer, pl_module)
 
     def _on_shift(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         step = trainer.global_step
@@ -178,7 +184,7 @@ class TaskShiftDetector(Callback):
         hook = getattr(pl_module, "on_task_shift", None)
         if callable(hook):
             hook(trainer, info)
-        for callback in trainer.callbacks:
+        for callback in getattr(trainer, "callbacks", []):
             cb_hook = getattr(callback, "on_task_shift", None)
             if callback is not self and callable(cb_hook):
                 cb_hook(trainer, pl_module, info)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -14,7 +15,7 @@ class ReservoirBuffer:
     ``capacity // num_strata`` slots, so the buffer stays class-balanced; with ``num_strata=1`` it is one plain
     reservoir over the whole stream (no label information used). Reservoir sampling keeps each of the ``n`` samples
     seen in a stratum with probability ``quota / n`` -- the same distribution as TAME's random-priority heaps.
-    Insertion is vectorised per batch; random draws come from a private generator (the global RNG is untouched).
+    Insertion is vectorised per batch; random draws come from a private NumPy generator (global RNGs untouched).
 
     Args:
         capacity: Total number of slots.
@@ -32,8 +33,8 @@ class ReservoirBuffer:
             raise ValueError(f"`capacity` must be >= num_strata={num_strata} (one slot per stratum), got {capacity}.")
         self.capacity, self.num_strata = int(capacity), int(num_strata)
         self.quota = self.capacity // self.num_strata
-        self.generator = torch.Generator().manual_seed(int(seed))
-        self.seen = torch.zeros(self.num_strata, dtype=torch.int64)
+        self.rng = np.random.Generator(np.random.PCG64(int(seed)))
+        self.seen = np.zeros(self.num_strata, dtype=np.int64)
         self.x: torch.Tensor | None = None
         self.y = torch.zeros(self.num_strata * self.quota, dtype=torch.int64)
         self.label = torch.zeros_like(self.y)
@@ -44,36 +45,35 @@ class ReservoirBuffer:
 
     def add(self, x: torch.Tensor, y: torch.Tensor, label: torch.Tensor | int, strata: torch.Tensor | None) -> None:
         """Offer a batch: samples ``x``, their class ``y``, their ``label`` and stratum (``None`` = stratum 0)."""
-        x, y = x.detach().cpu(), y.detach().cpu().long()
         n = len(x)
         if n == 0:
             return
-        label_t = torch.full((n,), int(label)) if isinstance(label, int) else label.detach().cpu().long()
-        s = torch.zeros(n, dtype=torch.int64) if strata is None else strata.detach().cpu().long()
-        if int(s.min()) < 0 or int(s.max()) >= self.num_strata:
-            raise ValueError(
-                f"strata must lie in [0, {self.num_strata}), got values in [{int(s.min())}, {int(s.max())}]."
-            )
-        if self.x is None:
-            self.x = torch.zeros((len(self.y), *x.shape[1:]), dtype=x.dtype)
-        onehot = torch.nn.functional.one_hot(s, self.num_strata)
-        earlier = (onehot.cumsum(0) - onehot)[torch.arange(n), s]  # same-stratum samples before this one
+        # The bookkeeping runs in NumPy (microseconds per call) so a training step pays little for the buffer.
+        s = np.zeros(n, dtype=np.int64) if strata is None else strata.detach().cpu().numpy().astype(np.int64)
+        if s.min() < 0 or s.max() >= self.num_strata:
+            raise ValueError(f"strata must lie in [0, {self.num_strata}), got values in [{s.min()}, {s.max()}].")
+        order = np.argsort(s, kind="stable")
+        sorted_s = s[order]
+        earlier = np.empty(n, dtype=np.int64)  # same-stratum samples before this one in the batch
+        earlier[order] = np.arange(n) - np.searchsorted(sorted_s, sorted_s, side="left")
         position = self.seen[s] + earlier  # 0-based index of the sample in its stratum's stream
-        self.seen += onehot.sum(0)
-        u = torch.rand(n, generator=self.generator, dtype=torch.float64)
-        candidate = torch.floor(u * (position + 1).double()).long()
-        slot = torch.where(position < self.quota, position, candidate)
-        keep = torch.nonzero(slot < self.quota).flatten()
+        self.seen += np.bincount(s, minlength=self.num_strata)
+        candidate = np.floor(self.rng.random(n) * (position + 1)).astype(np.int64)
+        slot = np.where(position < self.quota, position, candidate)
+        keep = np.nonzero(slot < self.quota)[0]
         if len(keep) == 0:
             return
         global_slot = s[keep] * self.quota + slot[keep]
         # Several samples of one batch may land on the same slot: the last one wins, as in sequential insertion.
-        unique, inverse = torch.unique(global_slot, return_inverse=True)
-        last = torch.full((len(unique),), -1, dtype=torch.int64).scatter_reduce(0, inverse, keep, reduce="amax")
-        self.x[unique] = x[last]
-        self.y[unique] = y[last]
-        self.label[unique] = label_t[last]
-        self.filled[unique] = True
+        unique, first_in_reversed = np.unique(global_slot[::-1], return_index=True)
+        last = keep[::-1][first_in_reversed]
+        if self.x is None:
+            self.x = torch.zeros((len(self.y), *x.shape[1:]), dtype=x.dtype)
+        # Writes go through NumPy views of the (CPU) storage tensors.
+        self.x.numpy()[unique] = x.detach().cpu().numpy()[last]
+        self.y.numpy()[unique] = y.detach().cpu().numpy()[last]
+        self.label.numpy()[unique] = label if isinstance(label, int) else label.detach().cpu().numpy()[last]
+        self.filled.numpy()[unique] = True
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The stored ``(x, y, label)``."""
@@ -84,16 +84,16 @@ class ReservoirBuffer:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "seen": self.seen.clone(),
+            "seen": self.seen.tolist(),
             "x": None if self.x is None else self.x.clone(),
             "y": self.y.clone(),
             "label": self.label.clone(),
             "filled": self.filled.clone(),
-            "generator": self.generator.get_state(),
+            "rng": self.rng.bit_generator.state,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.seen = state["seen"].clone()
+        self.seen = np.asarray(state["seen"], dtype=np.int64)
         self.x = None if state["x"] is None else state["x"].clone()
         self.y, self.label, self.filled = state["y"].clone(), state["label"].clone(), state["filled"].clone()
-        self.generator.set_state(state["generator"])
+        self.rng.bit_generator.state = state["rng"]

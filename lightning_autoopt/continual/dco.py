@@ -44,10 +44,9 @@ def fit_direction_autoencoder(
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
         us, vs = params[0::2], params[1::2]
-        z = sum(torch.einsum("kr,nrc,kc->nk", u, m, v) for u, m, v in zip(us, scaled, vs))
-        loss = sum((torch.einsum("nk,kr,kc->nrc", z, u, v) - m).pow(2).sum() for u, m, v in zip(us, scaled, vs)) * (
-            100.0 / n
-        )
+        z = torch.stack([torch.einsum("kr,nrc,kc->nk", u, m, v) for u, m, v in zip(us, scaled, vs)]).sum(0)
+        errors = [(torch.einsum("nk,kr,kc->nrc", z, u, v) - m).pow(2).sum() for u, m, v in zip(us, scaled, vs)]
+        loss = torch.stack(errors).sum() * (100.0 / n)
         loss.backward()
         opt.step()
     return [(u.detach(), v.detach()) for u, v in zip(params[0::2], params[1::2])]
@@ -158,8 +157,9 @@ class DCO(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         weights = self._weights_of(pl_module)
-        if all(p.grad is not None for p in weights):
-            grads = [_as_matrix(p.grad.detach()).to(torch.float32).cpu().clone() for p in weights]
+        raw = [p.grad for p in weights]
+        if all(g is not None for g in raw):
+            grads = [_as_matrix(g.detach()).to(torch.float32).cpu().clone() for g in raw if g is not None]
             if all(bool(torch.isfinite(g).all()) for g in grads):  # NaN/inf gradients never feed the autoencoder
                 self._gradients.append(grads)
         self._weights.append([_as_matrix(p.detach()).to(torch.float32).cpu().clone() for p in weights])
@@ -186,7 +186,9 @@ class DCO(Callback):
         penalty = 0.0
         for task in self.tasks:
             deltas = [w - c for w, c in zip(current, task["centre"])]
-            z = sum(torch.einsum("kr,rc,kc->k", u, d, v) for u, d, v in zip(task["u"], deltas, task["v"]))
+            z = torch.stack(
+                [torch.einsum("kr,rc,kc->k", u, d, v) for u, d, v in zip(task["u"], deltas, task["v"])]
+            ).sum(0)
             penalty += self.strength * float(z.pow(2).sum())
             for i, (u, v) in enumerate(zip(task["u"], task["v"])):
                 grads[i] += 2.0 * self.strength * torch.einsum("k,kr,kc->rc", z, u, v)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from typing_extensions import override
@@ -168,9 +169,14 @@ class TAME(pl.LightningModule):
         self.task_expert_counts: dict[tuple[int, int], int] = {}
         self.final_metrics: dict[str, float] = {}
 
+    @property
+    def _hp(self) -> Any:
+        """The saved hyperparameters (typed ``Any`` so attribute access type-checks)."""
+        return self.hparams
+
     # ------------------------------------------------------------------ experts
     def _make_detector(self) -> LossShiftDetector:
-        h = self.hparams
+        h = self._hp
         return LossShiftDetector(
             window=h.window,
             ema_alpha=h.ema_alpha,
@@ -186,11 +192,11 @@ class TAME(pl.LightningModule):
             raise RuntimeError("TAME needs `input_shape` (give it, or use a datamodule with `input_shape`).")
         # Initialise from a seed of its own (global RNG untouched), so a resumed run spawns identical experts.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(np.random.SeedSequence([self.hparams.seed, index]).generate_state(1)[0]))
-            return build_module(spec, outputs, self.input_shape, self.hparams.width, self.hparams.depth)
+            torch.manual_seed(int(np.random.SeedSequence([self._hp.seed, index]).generate_state(1)[0]))
+            return build_module(spec, outputs, self.input_shape, self._hp.width, self._hp.depth)
 
     def _spawn(self) -> int:
-        expert = self._build(self.hparams.expert, self.hparams.num_classes, self.num_experts).to(self.device)
+        expert = self._build(self._hp.expert, self._hp.num_classes, self.num_experts).to(self.device)
         self.experts.append(expert)
         self.detectors.append(self._make_detector())
         self.expert_steps.append(0)
@@ -202,16 +208,16 @@ class TAME(pl.LightningModule):
         return {"params": list(self.experts[index].parameters()), "lr": self._expert_lr(index)}
 
     def _expert_lr(self, index: int) -> float:
-        milestones = self.hparams.lr_milestones or []
+        milestones = self._hp.lr_milestones or []
         passed = sum(1 for m in milestones if self.expert_steps[index] >= m)
-        return self.hparams.lr * self.hparams.lr_gamma**passed
+        return self._hp.lr * self._hp.lr_gamma**passed
 
     @property
     def num_experts(self) -> int:
         return len(self.experts)
 
     def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.hparams.sigmoid_logits:
+        if self._hp.sigmoid_logits:
             logits = torch.sigmoid(logits)
         return F.cross_entropy(logits, y)
 
@@ -224,7 +230,11 @@ class TAME(pl.LightningModule):
                 "TaskShiftDetector alone supports several devices."
             )
         if self.input_shape is None:
-            shape = getattr(self.trainer.datamodule, "input_shape", None) if self._trainer is not None else None
+            shape = (
+                getattr(getattr(self.trainer, "datamodule", None), "input_shape", None)
+                if self._trainer is not None
+                else None
+            )
             if shape is not None:
                 self.input_shape = [int(s) for s in shape]
         if not self.experts and self.input_shape is not None:
@@ -235,7 +245,7 @@ class TAME(pl.LightningModule):
         if not self.experts:
             raise RuntimeError("TAME needs `input_shape` to build its first expert before training.")
         groups = [self._param_group(i) for i in range(self.num_experts)]
-        h = self.hparams
+        h = self._hp
         return torch.optim.SGD(groups, lr=h.lr, momentum=h.momentum, weight_decay=h.weight_decay)
 
     @override
@@ -252,7 +262,7 @@ class TAME(pl.LightningModule):
     def predict_with_routing(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits, expert_index)`` with each sample's logits from its routed expert."""
         chosen = self.route(x)
-        logits = torch.empty(len(x), self.hparams.num_classes, device=x.device)
+        logits = torch.empty(len(x), self._hp.num_classes, device=x.device)
         for e in torch.unique(chosen).tolist():
             mask = chosen == e
             logits[mask] = self.experts[e](x[mask]).to(logits.dtype)
@@ -264,7 +274,7 @@ class TAME(pl.LightningModule):
         task_id = int(batch[2][0]) if len(batch) > 2 else None
         if task_id is not None and (not self.true_task_changes or self.true_task_changes[-1][1] != task_id):
             self.true_task_changes.append((self.batches_seen, task_id))
-        optimizer = self.optimizers()
+        optimizer = cast(LightningOptimizer, self.optimizers())
         current = self.current
         loss = self._loss(self.experts[current](x), y)
         value = float(loss.detach())
@@ -276,7 +286,8 @@ class TAME(pl.LightningModule):
             return None
         detector = self.detectors[current]
         detector.observe(value)
-        if detector.exceeds():
+        switched = detector.exceeds()
+        if switched:
             current, value, loss = self._switch(x, y, current)
         # Train the (possibly new) current expert; the other groups have no gradient, so SGD leaves them alone.
         optimizer.zero_grad(set_to_none=True)
@@ -286,15 +297,18 @@ class TAME(pl.LightningModule):
         optimizer.step()
         self.expert_steps[current] += 1
         self.detectors[current].record(value)
-        strata = y if self.hparams.buffer_mode == "class_balanced" else None
+        strata = y if self._hp.buffer_mode == "class_balanced" else None
         self.buffer.add(x, y, current, strata)
         if task_id is not None:
             key = (task_id, current)
             self.task_expert_counts[key] = self.task_expert_counts.get(key, 0) + 1
         self.batches_seen += 1
-        self.log("tame/loss", value, prog_bar=True)
-        self.log("tame/loss_ema", float(self.detectors[current].smoothed))
-        self.log("tame/num_experts", float(self.num_experts))
+        self.log("tame/loss", loss.detach(), prog_bar=True)
+        # Lightning's log() costs about as much as a tiny model's step: the slow-moving signals are logged on the
+        # logger's cadence and at shifts only, so a no-shift step stays close to plain training.
+        if switched or self.batches_seen % max(getattr(self.trainer, "log_every_n_steps", 50), 1) == 0:
+            self.log("tame/loss_ema", float(self.detectors[current].smoothed or 0.0))
+            self.log("tame/num_experts", float(self.num_experts))
         return loss.detach()
 
     def _switch(self, x: torch.Tensor, y: torch.Tensor, old: int) -> tuple[int, float, torch.Tensor]:
@@ -312,8 +326,8 @@ class TAME(pl.LightningModule):
                 expert.train(was_training)
                 candidates.append((e, loss_e))
         chosen = next((e for e, loss_e in candidates if self.detectors[e].fits(loss_e)), None)
-        if chosen is None and self.num_experts >= self.hparams.max_experts:
-            rank_zero_warn(f"TAME: `max_experts`={self.hparams.max_experts} reached; re-using the closest expert.")
+        if chosen is None and self.num_experts >= self._hp.max_experts:
+            rank_zero_warn(f"TAME: `max_experts`={self._hp.max_experts} reached; re-using the closest expert.")
             chosen = min(candidates, key=lambda c: self.detectors[c[0]].tentative(c[1]))[0] if candidates else old
         if chosen is not None:
             loss_old = dict(candidates).get(chosen)
@@ -336,8 +350,8 @@ class TAME(pl.LightningModule):
     def on_train_end(self) -> None:
         with torch.enable_grad():
             self.fit_selector()
-            if self.hparams.expert_prune_amount > 0:
-                self.prune_experts(self.hparams.expert_prune_amount)
+            if self._hp.expert_prune_amount > 0:
+                self.prune_experts(self._hp.expert_prune_amount)
         self.final_metrics.update(self.detection_report())
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "eval_tensors") and hasattr(datamodule, "task_classes"):
@@ -353,7 +367,7 @@ class TAME(pl.LightningModule):
         net.train()
         opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
         g = torch.Generator().manual_seed(int(seed))
-        bs = self.hparams.selector_batch_size
+        bs = self._hp.selector_batch_size
         for _ in range(epochs):
             order = torch.randperm(len(x), generator=g)
             for i in range(0, len(x), bs):
@@ -368,7 +382,7 @@ class TAME(pl.LightningModule):
         if self.num_experts < 2 or len(self.buffer) == 0:
             self.selector_net = None
             return
-        h = self.hparams
+        h = self._hp
         x, _, label = self.buffer.tensors()
         spec = h.selector if h.selector is not None else h.expert
         self.selector_net = self._build(spec, self.num_experts, _SELECTOR_INDEX).to(self.device)
@@ -385,7 +399,7 @@ class TAME(pl.LightningModule):
         x, y, label = self.buffer.tensors()
         for e, expert in enumerate(self.experts):
             mask = label == e
-            self._train_on(expert, x[mask], y[mask], self.hparams.finetune_epochs, self.hparams.finetune_lr, e)
+            self._train_on(expert, x[mask], y[mask], self._hp.finetune_epochs, self._hp.finetune_lr, e)
         make_pruning_permanent(list(self.experts))
 
     # ------------------------------------------------------------------ evaluation
@@ -478,16 +492,14 @@ class TAME(pl.LightningModule):
         state = checkpoint["tame"]
         self.input_shape = state["input_shape"]
         while self.num_experts < state["num_experts"]:
-            self.experts.append(
-                self._build(self.hparams.expert, self.hparams.num_classes, self.num_experts).to(self.device)
-            )
+            self.experts.append(self._build(self._hp.expert, self._hp.num_classes, self.num_experts).to(self.device))
         self.detectors = []
         for s in state["detectors"]:
             det = self._make_detector()
             det.load_state_dict(s)
             self.detectors.append(det)
         if state["selector_outputs"] is not None:
-            spec = self.hparams.selector if self.hparams.selector is not None else self.hparams.expert
+            spec = self._hp.selector if self._hp.selector is not None else self._hp.expert
             self.selector_net = self._build(spec, state["selector_outputs"], _SELECTOR_INDEX).to(self.device)
         self.current = int(state["current"])
         self.expert_steps = [int(s) for s in state["expert_steps"]]
