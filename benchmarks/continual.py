@@ -7,7 +7,7 @@ accuracy on a task minus the final one), parameters, and -- for the detector-dri
 detection delay and false detections against the true boundaries. It also times TAME's no-shift steps against
 plain fine-tuning of the same network *in the same run* and prints the ratio.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/continual.py                 # ~15 min on 2 shared cores
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/continual.py                 # ~15-20 min on 2 busy shared cores
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/continual.py --seeds 0 --streams digits_split   # quick
 
 EWC is a compact baseline implemented here (empirical Fisher of per-sample gradients, penalty
@@ -46,10 +46,12 @@ OUT = Path(__file__).parent / "out"
 
 # name -> (dataset, kind, expert arch, batches per task)
 STREAMS = {
-    "mnist1d_split": ("mnist1d", "split", "cnn", 150),
-    "mnist1d_permuted": ("mnist1d", "permuted", "mlp", 150),
+    "mnist1d_split": ("mnist1d", "split", "cnn", 100),
+    "mnist1d_permuted": ("mnist1d", "permuted", "mlp", 100),
     "digits_split": ("digits", "split", "mlp", 100),
 }
+SELECTOR_EPOCHS = 15
+BUFFER = 1000
 WIDTH = 16
 LR = 0.05
 BATCH = 64
@@ -177,7 +179,7 @@ def run_tame(stream: str, seed: int) -> dict[str, Any]:
     dm = make_dm(stream, seed)
     arch = STREAMS[stream][2]
     pl.seed_everything(seed, verbose=False)
-    model = TAME(expert=arch, width=WIDTH, lr=LR, selector_epochs=30, buffer_size=2000, seed=seed)
+    model = TAME(expert=arch, width=WIDTH, lr=LR, selector_epochs=SELECTOR_EPOCHS, buffer_size=BUFFER, seed=seed)
     probe = StreamProbe(dm)
     t0 = time.perf_counter()
     trainer([probe]).fit(model, datamodule=dm)
@@ -257,7 +259,7 @@ def run_single(stream: str, seed: int, method: str) -> dict[str, Any]:
     return out
 
 
-def time_ratio(stream: str, rounds: int = 4, batches: int = 150) -> tuple[float, float, float]:
+def time_ratio(stream: str, rounds: int = 4, batches: int = 100) -> tuple[float, float, float]:
     """Median per-batch time of TAME (no shift) and of plain training, interleaved: (tame_ms, plain_ms, ratio)."""
     dataset, _, arch, _ = STREAMS[stream]
     times: dict[str, list[float]] = {"tame": [], "plain": []}
@@ -318,6 +320,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--streams", nargs="+", default=list(STREAMS), choices=list(STREAMS))
     parser.add_argument("--methods", nargs="+", default=["tame", "finetune", "ewc", "dco", "joint"])
+    parser.add_argument("--timing-streams", nargs="*", default=["mnist1d_split"], choices=list(STREAMS))
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     for name in ("lightning.pytorch", "lightning.fabric", "lightning_autoopt"):
@@ -330,6 +333,11 @@ def main() -> None:
             for method in args.methods:
                 res = run_tame(stream, seed) if method == "tame" else run_single(stream, seed, method)
                 results[method].append(res)
+                print(
+                    f"[progress] {stream} seed {seed} {method}: class-IL {res['class_il']:.3f} "
+                    f"task-IL {res['task_il']:.3f} ({res['wall']:.0f} s)",
+                    flush=True,
+                )
                 if method == "tame" and seed == args.seeds[0]:
                     plot(stream, res)
         print(f"\n### {stream} ({len(args.seeds)} seeds; mean±std over seeds)\n")
@@ -355,6 +363,7 @@ def main() -> None:
                 if other in results:
                     margins = [a["class_il"] - b["class_il"] for a, b in zip(tame, results[other])]
                     print(f"TAME class-IL margin over {other}: {fmt(margins)} points")
+        if "tame" in results and stream in args.timing_streams:
             tame_ms, plain_ms, ratio = time_ratio(stream)
             print(
                 f"TAME no-shift step / plain training step (interleaved, median per-batch wall time): "
