@@ -20,8 +20,11 @@ def test_callback_help_shows_autodrop_arguments_with_docstrings():
     proc = _run("fit", "--trainer.callbacks.help", "lightning_autoopt.callbacks.AutoDrop")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    for arg in ("--trainer.callbacks.init_args.drop_factor", "patience", "interval", "min_lr"):
-        assert arg in out, f"{arg} missing from help:\n{out}"
+    for arg in ("drop_factor", "patience", "interval", "min_lr", "theta"):
+        assert f"--trainer.callbacks.{arg}" in out, f"{arg} missing from help:\n{out}"
+    # the docstring's Args: text reaches the help (not just the bare names)
+    assert "(type: float" in out and "default:" in out
+    assert "Set ``trainer.should_stop``" in out
 
 
 def test_version_and_top_level_import():

@@ -22,8 +22,10 @@ def test_recipes_exist():
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=_ids(RECIPES))
-def test_recipe_parses(recipe: Path):
+def test_recipe_parses(recipe: Path, monkeypatch: pytest.MonkeyPatch):
     from lightning_autoopt.cli import AutoOptCLI
+
+    monkeypatch.setattr(sys, "argv", ["autoopt"])  # keep pytest's own arguments away from the CLI
 
     cli = AutoOptCLI(
         args=["--config", str(recipe), "--trainer.fast_dev_run=1", "--trainer.logger=false"],
