@@ -170,3 +170,10 @@ def test_ddp_spawn_gives_identical_values_on_both_ranks(tmp_path):
     assert r0 == r1
     assert set(r0["metrics"]) == {"sharpness/lpf", "sharpness/hessian_top", "sharpness/pac_bayes"}
     assert all(math.isfinite(v) for v in r0["metrics"].values())
+
+
+def test_step_probe_fires_once_per_optimizer_step_under_accumulation(tmp_path):
+    probe = SharpnessProbe(measures=["shannon"], every_n_epochs=None, every_n_steps=1)
+    _, trainer = fit(tmp_path, probe, model=TinyClassifier(), max_epochs=1, accumulate_grad_batches=2)
+    assert trainer.global_step == 2
+    assert [h["step"] for h in probe.history] == [1.0, 2.0]
