@@ -251,6 +251,24 @@ def test_stop_when_min_lr_and_max_drops(tmp_path: Path) -> None:
     assert autodrop.drops == 1 and rec.lr[len(TURNS)] == 0.5
 
 
+class TwoGroupClassifier(TinyClassifier):
+    def configure_optimizers(self):  # type: ignore[no-untyped-def]
+        first, second = self.net[0], self.net[2]
+        return torch.optim.SGD([{"params": first.parameters(), "lr": 0.1}, {"params": second.parameters(), "lr": 0.2}])
+
+
+@pytest.mark.parametrize(("param_groups", "expected"), [("all", [0.05, 0.1]), ("first", [0.05, 0.2])])
+def test_param_groups_option(tmp_path: Path, param_groups: str, expected: list[float]) -> None:
+    autodrop = AutoDrop(
+        interval=2, theta=1e3, max_theta=None, patience=0, drop_factor=0.5, min_lr=0.0, max_drops=1,
+        param_groups=param_groups, buffer_device="cpu",
+    )  # fmt: skip
+    trainer = _trainer(tmp_path, max_steps=10, callbacks=[autodrop])
+    trainer.fit(TwoGroupClassifier(), TinyDataModule())
+    assert autodrop.drops == 1
+    assert [g["lr"] for g in trainer.optimizers[0].param_groups] == pytest.approx(expected)
+
+
 # ----------------------------------------------------------------------------------------------- schedulers
 
 
