@@ -72,7 +72,7 @@ class LocalSGDStrategy(LocalUpdateStrategy):
     def round_due(self, step: int) -> bool:
         if step % self.period == 0:
             return True
-        return self.hierarchical and step % self.local_period == 0  # type: ignore[operator]
+        return self.hierarchical and self.local_period is not None and step % self.local_period == 0
 
     def on_round(self, step: int) -> None:
         if step % self.period == 0:

@@ -33,7 +33,7 @@ import math
 import os
 from collections.abc import Callable, Mapping
 from datetime import timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, overload
 
 import torch.distributed as dist
 from lightning.fabric.utilities.seed import reset_seed
@@ -51,6 +51,14 @@ CHECKPOINT_KEY = "local_update_strategy"
 
 _BUFFER_POLICIES = ("local", "average")
 _REGISTERED: dict[str, type[LocalUpdateStrategy]] = {}
+
+
+@overload
+def check_period(name: str, value: int, allow_none: Literal[False] = False) -> int: ...
+
+
+@overload
+def check_period(name: str, value: int | None, allow_none: bool) -> int | None: ...
 
 
 def check_period(name: str, value: int | None, allow_none: bool = False) -> int | None:

@@ -107,7 +107,7 @@ class LSGDStrategy(LocalUpdateStrategy):
         )
         self.group_size = group_size
         self.leader_metric = leader_metric
-        self.window = window if window is not None else min(self.period, self.local_period or self.period)
+        self.window: int = window if window is not None else min(self.period, self.local_period or self.period)
         self._losses: deque[float] = deque(maxlen=self.window)
         self._decrease_ema = math.inf
         self._prev_params: Tensor | None = None
@@ -179,18 +179,19 @@ class LSGDStrategy(LocalUpdateStrategy):
         flat = self.flat_params()
         if self._stored_leader is not None:
             _comm.leader_pull_(flat, self._stored_leader, self.proximal_strength / self.period)
-        if self._stored_local_leader is not None and self.local_period is not None:
+        if self._stored_local_leader is not None and self.local_period is not None:  # local rounds ran
             _comm.leader_pull_(flat, self._stored_local_leader, self.proximal_strength / self.local_period)
         self.write_params(flat)
 
     # ------------------------------------------------------------------ rounds
+    def _local_due(self, step: int) -> bool:
+        return self.multi_leader and self.local_period is not None and step % self.local_period == 0
+
     def round_due(self, step: int) -> bool:
-        if step % self.period == 0:
-            return True
-        return self.multi_leader and step % self.local_period == 0  # type: ignore[operator]
+        return step % self.period == 0 or self._local_due(step)
 
     def on_round(self, step: int) -> None:
-        if self.multi_leader and step % self.local_period == 0:  # type: ignore[operator]
+        if self._local_due(step):
             self._leader_round(self._group, self._group_ranks, self.local_pull_strength, scope="local")
         if step % self.period == 0:
             self._leader_round(None, list(range(self.world_size)), self.pull_strength, scope="global")
