@@ -26,10 +26,13 @@ class EpochSeededRandomSampler(Sampler[int]):
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
+        # A generator, so the permutation is drawn when iteration starts, not when ``iter()`` is called: on resume
+        # Lightning creates the loader iterator before calling ``set_epoch``, and an eager permutation would replay
+        # epoch 0's order in the resumed epoch.
         # SeedSequence mixes (seed, epoch) without the collisions of e.g. ``seed + epoch``.
         state = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
         generator = torch.Generator().manual_seed(state)
-        return iter(torch.randperm(self.num_samples, generator=generator).tolist())
+        yield from torch.randperm(self.num_samples, generator=generator).tolist()
 
     def __len__(self) -> int:
         return self.num_samples

@@ -189,3 +189,17 @@ def test_concurrent_generation_into_one_cache(tmp_path: Path) -> None:
     for x in results:
         assert torch.equal(x, reference.train_set.tensors[0])
     assert [p.name for p in (tmp_path / "shared").iterdir()] == [reference.cache_path.name]
+
+
+def test_sampler_order_is_drawn_when_iteration_starts() -> None:
+    # Lightning creates the loader iterator on resume before calling set_epoch; the order must follow the epoch
+    # set before the first index is drawn, not the one at iter() time.
+    from lightning_autoopt.data._sampling import EpochSeededRandomSampler
+
+    sampler = EpochSeededRandomSampler(50, seed=3)
+    sampler.set_epoch(4)
+    expected = list(sampler)
+    sampler.set_epoch(0)
+    it = iter(sampler)
+    sampler.set_epoch(4)
+    assert list(it) == expected
