@@ -32,6 +32,7 @@ OUT = HERE / "out"
 def methods(period: int) -> dict[str, tuple[str, dict[str, Any]]]:
     """name -> (strategy class name or "ddp", init args)."""
     gossip = {"period": period, "graph": "ring"}
+    no_degree = {"degree_mix": 0.0, "degree_pull": 0.0}
     return {
         "DDP": ("ddp", {}),
         "no-comm": ("LocalSGDStrategy", {"period": 10**9, "consensus_every": 0}),
@@ -41,6 +42,16 @@ def methods(period: int) -> dict[str, tuple[str, dict[str, Any]]]:
         f"D-PSGD ring (p={period})": ("DPSGDStrategy", dict(gossip)),
         f"AL-DSGD ring (p={period})": ("ALDSGDStrategy", {**gossip, "dynamic_graph": None}),
         f"AL-DSGD ring<->random ring (p={period})": ("ALDSGDStrategy", {**gossip, "dynamic_graph": "random_ring"}),
+        # on a ring every neighbour has the same degree: the degree terms only pull toward oneself (see the card)
+        f"AL-DSGD ring, no degree terms (p={period})": (
+            "ALDSGDStrategy",
+            {**gossip, **no_degree, "dynamic_graph": None},
+        ),
+        f"AL-DSGD ring<->random ring, no degree terms (p={period})": (
+            "ALDSGDStrategy",
+            {**gossip, **no_degree, "dynamic_graph": "random_ring"},
+        ),
+        f"D-PSGD ring<->random ring (p={period})": ("DPSGDStrategy", {**gossip, "dynamic_graph": "random_ring"}),
     }
 
 
@@ -77,6 +88,8 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
     results = []
     for seed in args.seeds:
         for name, (cls_name, kwargs) in methods(args.period).items():
+            if args.methods and not any(name.startswith(m) for m in args.methods):
+                continue
             pl.seed_everything(seed, workers=True, verbose=False)
             dm = MNIST1DDataModule(batch_size=args.batch_size, num_samples=5000, seed=0)
             model = Classifier(arch="cnn", lr=args.lr, momentum=0.9, weight_decay=5e-4)
@@ -134,14 +147,15 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
             dist.barrier()
     if rank == 0:
         OUT.mkdir(parents=True, exist_ok=True)
-        (OUT / "strategies_ii.json").write_text(json.dumps({"args": vars(args), "runs": results}, indent=1))
+        (OUT / args.out_name).write_text(json.dumps({"args": vars(args), "runs": results}, indent=1))
     dist.barrier()
     dist.destroy_process_group()
 
 
-def summarize(path: Path) -> str:
-    data = json.loads(path.read_text())
-    runs = data["runs"]
+def summarize(paths: list[Path]) -> str:
+    datas = [json.loads(p.read_text()) for p in paths if p.exists()]
+    data = datas[0]
+    runs = [r for d in datas for r in d["runs"]]
     names = list(dict.fromkeys(r["method"] for r in runs))
 
     def agg(name: str, key: str) -> list[float]:
@@ -200,6 +214,11 @@ def main() -> None:
     parser.add_argument("--world", type=int, default=4)
     parser.add_argument("--no-hessian", dest="hessian", action="store_false")
     parser.add_argument("--summarize-only", action="store_true")
+    parser.add_argument(
+        "--methods", nargs="*", default=None, help="run only methods whose name starts with one of these"
+    )
+    parser.add_argument("--out-name", default="strategies_ii.json", help="results file under benchmarks/out/")
+    parser.add_argument("--merge", nargs="*", default=["strategies_ii_extra.json"], help="extra result files to table")
     args = parser.parse_args()
     if not args.summarize_only:
         import torch.multiprocessing as mp
@@ -207,7 +226,8 @@ def main() -> None:
         t0 = time.time()
         mp.start_processes(_worker, args=(args.world, _free_port(), args), nprocs=args.world, start_method="spawn")
         print(f"total wall time {time.time() - t0:.0f} s")
-    print(summarize(OUT / "strategies_ii.json"))
+    names = dict.fromkeys(["strategies_ii.json", args.out_name, *args.merge])
+    print(summarize([OUT / n for n in names]))
 
 
 if __name__ == "__main__":
