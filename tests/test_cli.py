@@ -35,7 +35,8 @@ def test_version_and_top_level_import():
 
 @pytest.mark.parametrize("name", ["lsgd", "lsgd_spawn", "easgd", "localsgd"])
 def test_strategy_names_registered_on_import(name: str):
-    import lightning_autoopt  # noqa: F401
     from lightning.pytorch.strategies import StrategyRegistry
+
+    import lightning_autoopt  # noqa: F401
 
     assert name in StrategyRegistry.available_strategies()
