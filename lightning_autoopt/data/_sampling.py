@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+from typing_extensions import override
 
 
 class EpochSeededRandomSampler(Sampler[int]):
@@ -59,3 +61,37 @@ def make_loader(dataset: Dataset | None, batch_size: int, num_workers: int, seed
         # Persistent workers only make sense (and are only allowed) with worker processes.
         persistent_workers=num_workers > 0,
     )
+
+
+class SplitLoadersMixin(pl.LightningDataModule):
+    """Train/val/test/predict loaders over ``train_set``/``val_set``/``test_set``, shared by the data modules.
+
+    Subclasses set ``batch_size``, ``num_workers``, ``seed`` and the three datasets (in ``setup``); training
+    shuffles with :class:`EpochSeededRandomSampler`, the others keep order; predict uses the test set.
+    """
+
+    batch_size: int
+    num_workers: int
+    seed: int
+    train_set: Dataset | None
+    val_set: Dataset | None
+    test_set: Dataset | None
+
+    def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
+        return make_loader(dataset, self.batch_size, self.num_workers, self.seed, train)
+
+    @override
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, train=True)
+
+    @override
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, train=False)
+
+    @override
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, train=False)
+
+    @override
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, train=False)

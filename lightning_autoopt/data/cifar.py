@@ -6,12 +6,11 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 from typing_extensions import override
 
-from lightning_autoopt.data._sampling import check_loader_args, make_loader
+from lightning_autoopt.data._sampling import SplitLoadersMixin, check_loader_args
 
 # Per-channel mean and standard deviation of the CIFAR-10 training images, as used by the AutoDrop reference code.
 CIFAR10_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
@@ -30,7 +29,7 @@ def _torchvision() -> Any:
     return torchvision
 
 
-class CIFAR10DataModule(pl.LightningDataModule):
+class CIFAR10DataModule(SplitLoadersMixin):
     """CIFAR-10 (50 000 train / 10 000 test 32×32 colour images, 10 classes) through ``torchvision.datasets.CIFAR10``.
 
     Nothing is downloaded unless ``download=True``: by default the data must already be in
@@ -161,22 +160,3 @@ class CIFAR10DataModule(pl.LightningDataModule):
         val_base.transform = eval_tf
         self.train_set = Subset(train_full, order[num_val:])
         self.val_set = Subset(val_base, order[:num_val])
-
-    def _loader(self, dataset: Any, train: bool) -> DataLoader:
-        return make_loader(dataset, self.batch_size, self.num_workers, self.seed, train)
-
-    @override
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, train=True)
-
-    @override
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, train=False)
-
-    @override
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, train=False)
-
-    @override
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, train=False)

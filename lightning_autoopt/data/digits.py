@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 from typing_extensions import override
 
-from lightning_autoopt.data._sampling import check_loader_args, make_loader
+from lightning_autoopt.data._sampling import SplitLoadersMixin, check_loader_args
 
 
-class DigitsDataModule(pl.LightningDataModule):
+class DigitsDataModule(SplitLoadersMixin):
     """The 1 797 8×8 grey-scale digits of ``sklearn.datasets.load_digits`` (UCI optdigits test set), 10 classes.
 
     The samples are shuffled with ``seed`` and cut into train / val / test; pixel values (0..16) are standardised
@@ -105,22 +102,3 @@ class DigitsDataModule(pl.LightningDataModule):
         self.train_set = TensorDataset(xt[:a], yt[:a])
         self.val_set = TensorDataset(xt[a:b], yt[a:b])
         self.test_set = TensorDataset(xt[b:], yt[b:])
-
-    def _loader(self, dataset: Any, train: bool) -> DataLoader:
-        return make_loader(dataset, self.batch_size, self.num_workers, self.seed, train)
-
-    @override
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, train=True)
-
-    @override
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, train=False)
-
-    @override
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, train=False)
-
-    @override
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, train=False)
