@@ -3,11 +3,15 @@
 Four CPU worker processes (gloo) are started once, like ``torchrun`` would, and every method x seed is trained in
 the same processes one after the other, so the ratios are measured side by side. Every run: the reference 1-D CNN
 (``Classifier(arch="cnn")``), the same epochs and per-worker batch, SGD lr 0.05 momentum 0.9. After every epoch the
-strategy's *policy weights* (LSGD: leader, EASGD: center, LocalSGD: average; DDP: its single model) are tested on
-the full MNIST-1D test split, together with the cumulative bytes sent so far (``dist/bytes_sent`` convention: a
-collective over ``n`` fp32 values counts ``4 n`` bytes per rank; DDP = one all-reduce of the ``4 * num_params``
-gradient bytes per step). Wall time per epoch excludes that evaluation and is compared with the no-communication
-limit (local SGD with an infinite period). ``consensus_every=0`` everywhere: the diagnostic is off.
+strategy's *policy weights* (LSGD: average, its default since the follow-up; EASGD: center; LocalSGD: average; DDP:
+its single model) are tested on the full MNIST-1D test split, together with the cumulative bytes sent so far
+(``dist/bytes_sent`` convention: a collective over ``n`` fp32 values counts ``4 n`` bytes per rank; DDP = one
+all-reduce of the ``4 * num_params`` gradient bytes per step). Wall time per epoch excludes that evaluation and is
+compared with the no-communication limit (local SGD with an infinite period). ``consensus_every=0`` everywhere: the
+diagnostic is off.
+
+``--also-eval leader`` additionally tests the leader's weights of every LSGD run on the *same* replicas (no
+retraining; paired comparison) and reports them as extra rows ``"<name> (leader eval)"``.
 
 Add a method: one entry in :func:`methods` (``name -> (strategy class name in lightning_autoopt.strategies or
 "ddp", init args)``).
@@ -96,8 +100,19 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
     class Probe(pl.Callback):
         """Per epoch: training seconds (excluding this probe) and the policy weights' test accuracy and bytes."""
 
-        def __init__(self, dm: Any) -> None:
-            self.dm, self.rows, self.t0 = dm, [], 0.0
+        def __init__(self, dm: Any, also_eval: list[str]) -> None:
+            self.dm, self.rows, self.t0, self.also_eval = dm, [], 0.0, also_eval
+
+        def test_acc(self, pl_module: Any) -> float:
+            was_training = pl_module.training
+            pl_module.eval()
+            correct = total = 0
+            with torch.no_grad():
+                for x, y in self.dm.test_dataloader():
+                    correct += int((pl_module(x).argmax(1) == y).sum())
+                    total += len(y)
+            pl_module.train(was_training)
+            return correct / total
 
         def on_train_epoch_start(self, trainer, pl_module):  # type: ignore[no-untyped-def]
             self.t0 = time.perf_counter()
@@ -108,21 +123,24 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
             local = isinstance(strategy, S.LocalUpdateStrategy)
             if local:
                 strategy._swap_in_policy()  # collective: every rank
-            was_training = pl_module.training
-            pl_module.eval()
-            correct = total = 0
-            with torch.no_grad():
-                for x, y in self.dm.test_dataloader():
-                    correct += int((pl_module(x).argmax(1) == y).sum())
-                    total += len(y)
-            pl_module.train(was_training)
+            acc = self.test_acc(pl_module)
+            alt = {}
             if local:
                 strategy._swap_out_policy()
+                own = strategy.eval_policy
+                for policy in self.also_eval if isinstance(strategy, S.LSGDStrategy) else []:
+                    if policy == own:
+                        continue
+                    strategy.eval_policy = policy  # evaluation only: training never reads it
+                    strategy._swap_in_policy()  # collective: every rank
+                    alt[policy] = self.test_acc(pl_module)
+                    strategy._swap_out_policy()
+                    strategy.eval_policy = own
                 sent = strategy.bytes_sent_total
             else:
                 sent = 4 * sum(p.numel() for p in pl_module.parameters()) * trainer.global_step
-            self.rows.append({"epoch": trainer.current_epoch + 1, "seconds": seconds, "acc": correct / total,
-                              "bytes": sent, "steps": trainer.global_step})  # fmt: skip
+            self.rows.append({"epoch": trainer.current_epoch + 1, "seconds": seconds, "acc": acc,
+                              "bytes": sent, "steps": trainer.global_step, "alt_acc": alt})  # fmt: skip
 
     import torch.distributed as dist
 
@@ -136,7 +154,7 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
             dm.setup("test")
             model = Classifier(arch="cnn", lr=args.lr, momentum=0.9, weight_decay=5e-4)
             strategy = "ddp" if cls_name == "ddp" else getattr(S, cls_name)(**kwargs)
-            probe = Probe(dm)
+            probe = Probe(dm, args.also_eval)
             trainer = pl.Trainer(
                 accelerator="cpu", devices=world, strategy=strategy, max_epochs=args.epochs, limit_val_batches=0,
                 num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False, logger=False,
@@ -152,10 +170,13 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
                     r["seconds"] = s
                 row = {"method": name, "seed": seed, "n_params": n_params, "curve": probe.rows}
                 results.append(row)
+                for policy in probe.rows[-1]["alt_acc"]:  # same replicas, other policy weights
+                    curve = [{**r, "acc": r["alt_acc"][policy]} for r in probe.rows]
+                    results.append({**row, "method": f"{name} ({policy} eval)", "curve": curve})
                 last = probe.rows[-1]
-                print(json.dumps({"method": name, "seed": seed, "acc": last["acc"], "bytes": last["bytes"],
-                                  "steps": last["steps"], "sec_per_epoch": statistics.mean(secs.tolist())}),
-                      flush=True)  # fmt: skip
+                print(json.dumps({"method": name, "seed": seed, "acc": last["acc"], "alt_acc": last["alt_acc"],
+                                  "bytes": last["bytes"], "steps": last["steps"],
+                                  "sec_per_epoch": statistics.mean(secs.tolist())}), flush=True)  # fmt: skip
             dist.barrier()
     if rank == 0:
         OUT.mkdir(parents=True, exist_ok=True)
@@ -233,6 +254,13 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--world", type=int, default=4)
     parser.add_argument("--methods", nargs="*", default=None, help="first word of method names to run")
+    parser.add_argument(
+        "--also-eval",
+        nargs="*",
+        default=[],
+        choices=["leader", "average"],
+        help="LSGD runs: also test these policy weights on the same replicas (extra rows)",
+    )
     parser.add_argument("--summarize-only", action="store_true")
     args = parser.parse_args()
     if not args.summarize_only:

@@ -53,7 +53,9 @@ class LSGDStrategy(LocalUpdateStrategy):
         leader_metric: ``"loss"`` or ``"grad_decrease"``.
         proximal_strength: Per-step pull towards the stored leader(s), divided by the period; 0 disables.
         buffer_policy: See :class:`LocalUpdateStrategy`.
-        eval_policy: ``"leader"`` (default), ``"average"`` or ``"local"``.
+        eval_policy: Weights validated during fit and saved as the checkpoint's ``"state_dict"``: ``"average"``
+            (default; the mean of the workers, the "center" the paper evaluates), ``"leader"`` (the last global
+            leader's replica) or ``"local"``.
         consensus_every: See :class:`LocalUpdateStrategy` (LSGD pays one diagnostic all-reduce for it).
         loss_key: See :class:`LocalUpdateStrategy`.
         **kwargs: Forwarded to :class:`~lightning.pytorch.strategies.DDPStrategy`.
@@ -80,7 +82,7 @@ class LSGDStrategy(LocalUpdateStrategy):
         leader_metric: str = "loss",
         proximal_strength: float = 0.0,
         buffer_policy: str = "local",
-        eval_policy: str = "leader",
+        eval_policy: str = "average",
         consensus_every: int = 1,
         loss_key: str = "train_loss",
         **kwargs: Any,

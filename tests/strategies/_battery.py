@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 CASES: dict[str, dict[str, Any]] = {
-    "lsgd": {"period": 3, "pull_strength": 0.5},
+    "lsgd": {"period": 3, "pull_strength": 0.5, "eval_policy": "leader"},  # the non-average policy path
     "easgd": {"period": 3, "elastic_strength": 0.43},
     "localsgd": {"period": 3},
     "mgrawa": {"period": 3, "pull_strength": 0.5},

@@ -41,7 +41,9 @@ def _load(tmp_path, name, world):
 
 def test_lsgd_replicas_diverge_between_rounds_and_meet_by_the_formula(tmp_path):
     lam, period = 0.5, 3
-    strategy = RecordingLSGD(record_dir=str(tmp_path), period=period, pull_strength=lam, start_method="spawn")
+    strategy = RecordingLSGD(
+        record_dir=str(tmp_path), period=period, pull_strength=lam, eval_policy="leader", start_method="spawn"
+    )
     trainer = _trainer(tmp_path, strategy, max_steps=7, callbacks=[FlatRecorder(str(tmp_path))])
     model = TinyClassifier()
     trainer.fit(model, TinyDataModule())
