@@ -1,8 +1,10 @@
 """A small persistent pool of gloo processes for unit-testing collectives without a Trainer.
 
 Each worker joins one process group (FileStore) in its initializer; a task is sent to every worker with
-``run_on_pool(pool, fn, *args)`` and ``fn`` reads its rank from ``torch.distributed``. A worker blocked in a
-collective cannot take a second task, so the ``world_size`` identical tasks land on distinct ranks.
+``run_on_pool(pool, fn, *args)`` and ``fn`` reads its rank from ``torch.distributed``. Every task first waits in a
+barrier: a worker blocked there cannot take a second task, so the ``world_size`` identical tasks land on distinct
+ranks even when ``fn`` itself has ranks that finish without communicating (a point-to-point round in which a rank
+is idle) and one worker is slow to pick up its task (a loaded machine).
 """
 
 from __future__ import annotations
@@ -38,9 +40,16 @@ def make_pool(world_size: int = 4) -> mp.pool.Pool:
     return ctx.Pool(world_size, initializer=_init_worker, initargs=(path, world_size, ranks))
 
 
+def _after_barrier(fn: Callable[..., Any], *args: Any) -> Any:
+    import torch.distributed as dist
+
+    dist.barrier()
+    return fn(*args)
+
+
 def run_on_pool(pool: mp.pool.Pool, world_size: int, fn: Callable[..., Any], *args: Any) -> list[Any]:
     """Run ``fn(*args)`` on every rank; return the results ordered by rank (``fn`` must return ``(rank, value)``)."""
-    out = pool.starmap(fn, [args] * world_size, chunksize=1)
+    out = pool.starmap(_after_barrier, [(fn, *args)] * world_size, chunksize=1)
     return [v for _, v in sorted(out, key=lambda t: t[0])]
 
 
