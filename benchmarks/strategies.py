@@ -121,23 +121,17 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
             seconds = time.perf_counter() - self.t0
             strategy = trainer.strategy
             local = isinstance(strategy, S.LocalUpdateStrategy)
-            if local:
-                strategy._swap_in_policy()  # collective: every rank
-            acc = self.test_acc(pl_module)
             alt = {}
             if local:
-                strategy._swap_out_policy()
-                own = strategy.eval_policy
+                with strategy.policy_weights():  # collective: every rank
+                    acc = self.test_acc(pl_module)
                 for policy in self.also_eval if isinstance(strategy, S.LSGDStrategy) else []:
-                    if policy == own:
-                        continue
-                    strategy.eval_policy = policy  # evaluation only: training never reads it
-                    strategy._swap_in_policy()  # collective: every rank
-                    alt[policy] = self.test_acc(pl_module)
-                    strategy._swap_out_policy()
-                    strategy.eval_policy = own
+                    if policy != strategy.eval_policy:
+                        with strategy.policy_weights(policy):  # the same replicas, another policy's weights
+                            alt[policy] = self.test_acc(pl_module)
                 sent = strategy.bytes_sent_total
             else:
+                acc = self.test_acc(pl_module)
                 sent = 4 * sum(p.numel() for p in pl_module.parameters()) * trainer.global_step
             self.rows.append({"epoch": trainer.current_epoch + 1, "seconds": seconds, "acc": acc,
                               "bytes": sent, "steps": trainer.global_step, "alt_acc": alt})  # fmt: skip

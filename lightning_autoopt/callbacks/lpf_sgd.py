@@ -12,6 +12,8 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_autoopt import _flat
+
 __all__ = ["LPFSGD"]
 
 _MASK = (1 << 63) - 1
@@ -174,7 +176,7 @@ class LPFSGD(Callback):
         self.draws += 1
         params = [p for p in pl_module.parameters() if p.requires_grad]
         with torch.no_grad():
-            if not all(bool(torch.isfinite(p).all()) for p in params):
+            if not _flat.all_finite(params):
                 self.skipped += 1
                 pl_module.log("lpf_sgd/skipped", float(self.skipped), on_step=True, on_epoch=False)
                 return

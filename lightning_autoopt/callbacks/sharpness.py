@@ -16,6 +16,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
+from lightning_autoopt import _flat
 from lightning_autoopt.landscape.loss import Batch, make_fixed_batches
 from lightning_autoopt.landscape.registry import check_measure_kwargs, compute_measure, get_measure, list_measures
 
@@ -136,9 +137,7 @@ class SharpnessProbe(Callback):
         # Runs before a checkpoint's weights are loaded, so these are the true initial weights; on resume
         # load_state_dict then replaces them with the ones saved by the first run.
         if "pac_bayes" in self.measures and self._init_params is None:
-            self._init_params = torch.cat(
-                [p.detach().reshape(-1).cpu() for p in pl_module.parameters() if p.requires_grad]
-            ).clone()
+            self._init_params = _flat.flatten([p for p in pl_module.parameters() if p.requires_grad]).cpu()
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -12,6 +12,8 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import Dataset, default_collate
 
+from lightning_autoopt import _flat
+
 Batch = tuple[Tensor, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -146,21 +148,19 @@ class LossFunctional:
     # ---------------------------------------------------------------- flat vector views
     def get_flat(self) -> Tensor:
         """A detached copy of θ as one flat vector."""
-        return torch.cat([p.detach().reshape(-1) for p in self.params]).clone()
+        return _flat.flatten(self.params)
 
     def set_flat(self, theta: Tensor) -> None:
         """Write the flat vector ``theta`` into the parameters in place."""
-        with torch.no_grad():
-            for p, chunk in zip(self.params, theta.split(self.numels)):
-                p.copy_(chunk.view_as(p))
+        _flat.unflatten_(theta, self.params)
 
     def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
-        """Split a flat vector into a ``{name: tensor}`` dict for :func:`torch.func.functional_call`."""
-        return {n: c.view(s) for (n, _), c, s in zip(self.named_params, theta.split(self.numels), self.shapes)}
+        """Split a flat vector into a ``{name: tensor}`` dict of views for :func:`torch.func.functional_call`."""
+        return {n: v for (n, _), v in zip(self.named_params, _flat.split_views(theta, self.params))}
 
     def flatten(self, tensors: Sequence[Tensor | None]) -> Tensor:
-        """Concatenate per-parameter tensors (``None`` counts as zeros) into a flat vector."""
-        return torch.cat([(torch.zeros_like(p) if t is None else t).reshape(-1) for p, t in zip(self.params, tensors)])
+        """Concatenate per-parameter tensors (``None`` counts as zeros) into a flat vector, keeping their graph."""
+        return _flat.flatten(tensors, like=self.params, detach=False)
 
     def context(self) -> contextlib.AbstractContextManager[None]:
         """The evaluation context (eval mode, autocast off, math attention) every computation runs in."""

@@ -1,7 +1,9 @@
-"""Flat-buffer collectives and the pure update rules shared by the local-update strategies.
+"""Every collective of the local-update strategies, plus the small update rules they share.
 
-Everything here works on plain tensors (no ``Trainer``), so it can be unit-tested on a gloo process group and reused
-from plain PyTorch. Parameters always travel as **one flat buffer per collective**, never one collective per tensor.
+This is the only module under ``strategies/`` that talks to ``torch.distributed``: the method modules and their pure
+maths (``_grawa_math``, ``_gossip``, ``graphs``) call these functions. Everything works on plain tensors (no
+``Trainer``), so it can be unit-tested on a gloo process group and reused from plain PyTorch. Parameters always travel
+as **one flat buffer per collective** (built with :mod:`lightning_autoopt._flat`), never one collective per tensor.
 
 Byte accounting convention (used for ``dist/bytes_sent``): a collective over a buffer of ``n`` elements counts
 ``n * element_size`` bytes for every participating rank, whatever the algorithm underneath (ring, tree). This is the
@@ -12,37 +14,14 @@ directly comparable.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-
-def flatten(tensors: Iterable[Tensor]) -> Tensor:
-    """Concatenate ``tensors`` (detached) into one new contiguous 1-D buffer."""
-    parts = [t.detach().reshape(-1) for t in tensors]
-    if not parts:
-        return torch.zeros(0)
-    return torch.cat(parts)
-
-
-@torch.no_grad()
-def unflatten_(flat: Tensor, tensors: Sequence[Tensor]) -> None:
-    """Copy the 1-D buffer ``flat`` back into ``tensors`` in place (inverse of :func:`flatten`).
-
-    Raises:
-        ValueError: If the buffer size does not match the total number of elements.
-    """
-    total = sum(t.numel() for t in tensors)
-    if flat.numel() != total:
-        raise ValueError(f"flat buffer has {flat.numel()} elements but the tensors hold {total}")
-    offset = 0
-    for t in tensors:
-        n = t.numel()
-        t.copy_(flat[offset : offset + n].view_as(t))
-        offset += n
+from lightning_autoopt import _flat
 
 
 def nbytes(tensor: Tensor) -> int:
@@ -63,6 +42,17 @@ def require_process_group() -> None:
         )
 
 
+def dist_ready() -> bool:
+    """Whether a default process group with more than one rank exists (collectives would do something)."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_sum_(flat: Tensor, group: Any = None) -> int:
+    """Sum ``flat`` over the ranks of ``group`` in place with one all-reduce. Returns the bytes sent."""
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+    return nbytes(flat)
+
+
 def all_reduce_mean_(flat: Tensor, group: Any = None) -> int:
     """Average ``flat`` over the ranks of ``group`` in place with one all-reduce. Returns the bytes sent."""
     dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
@@ -71,25 +61,30 @@ def all_reduce_mean_(flat: Tensor, group: Any = None) -> int:
 
 
 def broadcast_(flat: Tensor, src: int, group: Any = None) -> int:
-    """Broadcast ``flat`` from global rank ``src`` to ``group`` in place. Returns the bytes sent."""
-    dist.broadcast(flat, src=src, group=group)
+    """Broadcast ``flat`` from global rank ``src`` to ``group`` in place. Returns the bytes sent.
+
+    NCCL-safe: a CPU buffer is staged on the current CUDA device (see :func:`lightning_autoopt._flat.broadcast_`).
+    """
+    _flat.broadcast_(flat, src=src, group=group)
     return nbytes(flat)
+
+
+def all_gather_(mine: Tensor, group: Any = None) -> tuple[Tensor, int]:
+    """Gather ``mine`` (same shape on every rank) from every rank of ``group``.
+
+    Returns:
+        ``(stacked, bytes)``: a CPU tensor of shape ``(group_size, *mine.shape)`` ordered by group rank, and the
+        bytes this rank sent (``nbytes(mine)``).
+    """
+    out = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(out, mine, group=group)
+    return torch.stack(out).cpu(), nbytes(mine)
 
 
 def all_gather_scalar(value: float, group: Any = None, device: torch.device | str = "cpu") -> Tensor:
     """Gather one float from every rank of ``group``; returns a float64 tensor ordered by group rank."""
-    world = dist.get_world_size(group)
-    mine = torch.tensor([float(value)], dtype=torch.float64, device=device)
-    out = [torch.zeros(1, dtype=torch.float64, device=device) for _ in range(world)]
-    dist.all_gather(out, mine, group=group)
-    return torch.cat(out).cpu()
-
-
-def finite_or_inf(values: Tensor) -> Tensor:
-    """Map NaN and +-inf to +inf so a broken worker can never win an argmin."""
-    values = values.to(torch.float64).clone()
-    values[~torch.isfinite(values)] = math.inf
-    return values
+    stacked, _ = all_gather_(torch.tensor([float(value)], dtype=torch.float64, device=device), group=group)
+    return stacked.reshape(-1)
 
 
 def argmin_lowest_index(values: Tensor) -> int | None:
@@ -100,7 +95,7 @@ def argmin_lowest_index(values: Tensor) -> int | None:
         >>> argmin_lowest_index(torch.tensor([2.0, float("nan"), 1.0, 1.0]))
         2
     """
-    clean = finite_or_inf(values)
+    clean = _flat.finite_or_inf(values)
     if not torch.isfinite(clean).any():
         return None
     best = clean.min()
@@ -109,7 +104,11 @@ def argmin_lowest_index(values: Tensor) -> int | None:
 
 @torch.no_grad()
 def leader_pull_(flat: Tensor, leader: Tensor, strength: float) -> Tensor:
-    """The LSGD pull ``x <- x - strength * (x - leader)`` in place (``strength=1`` copies the leader exactly)."""
+    """Pull ``x <- x - strength * (x - leader)`` in place (``strength=1`` copies the leader exactly).
+
+    The one pull of the package: LSGD toward its leader, GRAWA toward its weighted centre, the guide's example
+    toward the mean.
+    """
     if strength == 1.0:  # x + (leader - x) is not bitwise leader in floating point
         return flat.copy_(leader)
     flat.add_(leader - flat, alpha=strength)
@@ -167,3 +166,36 @@ def new_groups(world_size: int, group_size: int) -> tuple[Any, list[int]]:
         if rank in ranks:
             mine, my_ranks = handle, ranks
     return mine, my_ranks
+
+
+def exchange_with_neighbours(buffer: Tensor, neighbours: Sequence[int], group: Any = None) -> list[Tensor]:
+    """Send ``buffer`` to every neighbour and receive each neighbour's buffer (same shape and dtype).
+
+    Uses ``torch.distributed.batch_isend_irecv``: every worker posts one send and one receive per active neighbour.
+    Because the active edges of a gossip round form a union of matchings and both endpoints of an edge post the
+    matching pair of operations, the exchange cannot deadlock.
+
+    Args:
+        buffer: this worker's flat buffer.
+        neighbours: global ranks of the active neighbours (all distinct, never this rank).
+        group: process group (default: the world).
+
+    Returns:
+        The received buffers, in the order of ``neighbours``.
+
+    Raises:
+        ValueError: if a neighbour is listed twice or is this rank.
+    """
+    if not neighbours:
+        return []
+    me = dist.get_rank()
+    if len(set(neighbours)) != len(neighbours) or me in neighbours:
+        raise ValueError(f"Neighbours must be distinct and exclude this rank ({me}); got {list(neighbours)}.")
+    received = [torch.empty_like(buffer) for _ in neighbours]
+    ops = []
+    for peer, recv in zip(neighbours, received):
+        ops.append(dist.P2POp(dist.isend, buffer, peer, group=group))
+        ops.append(dist.P2POp(dist.irecv, recv, peer, group=group))
+    for req in dist.batch_isend_irecv(ops):
+        req.wait()
+    return received

@@ -1,49 +1,17 @@
-"""Core math and point-to-point exchange for decentralized gossip (D-PSGD) and AL-DSGD.
+"""Pure maths of decentralized gossip (D-PSGD) and AL-DSGD: mixing, adjacent-leader choice and correction.
 
-Everything here works on flat 1-D tensors (one buffer per worker) and plain Python lists, so it is testable
-without a ``Trainer``. The exchange uses ``torch.distributed.batch_isend_irecv``: within one round every worker
-posts one send and one receive per active neighbour. Because the active edges form a union of matchings and both
-endpoints of an edge post the matching pair of operations, the exchange cannot deadlock.
+Everything here works on flat 1-D tensors (one buffer per worker) and plain Python lists, with no collective, so it
+is testable without a process group. The neighbour exchange itself is
+:func:`lightning_autoopt.strategies._comm.exchange_with_neighbours`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
-import torch.distributed as dist
 
-
-def exchange_with_neighbours(
-    buffer: torch.Tensor, neighbours: Sequence[int], group: dist.ProcessGroup | None = None
-) -> list[torch.Tensor]:
-    """Send ``buffer`` to every neighbour and receive each neighbour's buffer (same shape and dtype).
-
-    Args:
-        buffer: this worker's flat buffer.
-        neighbours: global ranks of the active neighbours (all distinct, never this rank).
-        group: process group (default: the world).
-
-    Returns:
-        The received buffers, in the order of ``neighbours``.
-
-    Raises:
-        ValueError: if a neighbour is listed twice or is this rank.
-    """
-    if not neighbours:
-        return []
-    me = dist.get_rank()
-    if len(set(neighbours)) != len(neighbours) or me in neighbours:
-        raise ValueError(f"Neighbours must be distinct and exclude this rank ({me}); got {list(neighbours)}.")
-    received = [torch.empty_like(buffer) for _ in neighbours]
-    ops = []
-    for peer, recv in zip(neighbours, received):
-        ops.append(dist.P2POp(dist.isend, buffer, peer, group=group))
-        ops.append(dist.P2POp(dist.irecv, recv, peer, group=group))
-    for req in dist.batch_isend_irecv(ops):
-        req.wait()
-    return received
+from lightning_autoopt._flat import finite_or_inf
 
 
 def gossip_mix(own: torch.Tensor, rank: int, received: dict[int, torch.Tensor], alpha: float) -> torch.Tensor:
@@ -69,10 +37,6 @@ def gossip_mix(own: torch.Tensor, rank: int, received: dict[int, torch.Tensor], 
     return out
 
 
-def _finite_or_inf(x: float) -> float:
-    return x if math.isfinite(x) else math.inf
-
-
 def select_adjacent_leaders(
     rank: int, neighbours: Sequence[int], losses: dict[int, float], degrees: Sequence[int]
 ) -> tuple[int, int]:
@@ -92,7 +56,7 @@ def select_adjacent_leaders(
         ``(best_rank, max_degree_rank)``.
     """
     candidates = [rank, *sorted(neighbours)]
-    best = min(candidates, key=lambda r: (_finite_or_inf(float(losses[r])), candidates.index(r)))
+    best = min(candidates, key=lambda r: (finite_or_inf(float(losses[r])), candidates.index(r)))
     max_deg = max(candidates, key=lambda r: (degrees[r], -candidates.index(r)))
     return best, max_deg
 

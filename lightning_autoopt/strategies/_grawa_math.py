@@ -1,8 +1,9 @@
-"""Core math of gradient-based weighted averaging (GRAWA, MGRAWA, LGRAWA) on flat buffers.
+"""Pure maths of gradient-based weighted averaging (GRAWA, MGRAWA, LGRAWA) on flat buffers (no collectives).
 
 Weights are inversely proportional to a power of each worker's gradient norm:
 ``w_m = (||g_m|| + eps)^-q / sum_k (||g_k|| + eps)^-q`` (per layer for LGRAWA). The centre is
-``x_C = sum_m w_m x_m`` and each worker is pulled ``x_m <- x_m - pull_strength * (x_m - x_C)``.
+``x_C = sum_m w_m x_m`` (the sum of every worker's :func:`weighted_term`, one all-reduce) and each worker is pulled
+``x_m <- x_m - pull_strength * (x_m - x_C)`` (:func:`lightning_autoopt.strategies._comm.leader_pull_`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.distributed as dist
 
 
 def grawa_weights(norms: torch.Tensor, exponent: float = 1.0, eps: float = 1e-8) -> torch.Tensor:
@@ -75,36 +75,23 @@ def scale_segments_(flat: torch.Tensor, sizes: Sequence[int], factors: torch.Ten
     return flat
 
 
-def weighted_center(
-    flat: torch.Tensor,
-    my_weights: torch.Tensor,
-    sizes: Sequence[int] | None = None,
-    group: dist.ProcessGroup | None = None,
-) -> torch.Tensor:
-    """All-reduce ``sum_m w_m x_m`` (one model-sized collective). A collective: every rank must call it.
+def weighted_term(flat: torch.Tensor, my_weights: torch.Tensor, sizes: Sequence[int] | None = None) -> torch.Tensor:
+    """This worker's term ``w_m x_m`` of the centre ``x_C = sum_m w_m x_m`` (a new tensor; ``flat`` is not modified).
+
+    Summing the terms over the workers (one all-reduce, :func:`lightning_autoopt.strategies._comm.all_reduce_sum_`)
+    gives the centre.
 
     Args:
-        flat: this worker's flat parameters (not modified).
+        flat: this worker's flat parameters.
         my_weights: this worker's weight: one element (model level) or one per segment (layer level).
         sizes: segment lengths for the layer level (required when ``my_weights`` has more than one element).
-        group: process group.
 
-    Returns:
-        The weighted centre (a new tensor, identical on every rank).
+    Raises:
+        ValueError: If per-segment weights come without ``sizes``.
     """
-    buf = flat.detach().clone()
+    term = flat.detach().clone()
     if my_weights.numel() == 1:
-        buf.mul_(float(my_weights.reshape(())))
-    else:
-        if sizes is None:
-            raise ValueError("`sizes` is required for per-layer weights.")
-        scale_segments_(buf, sizes, my_weights)
-    dist.all_reduce(buf, group=group)
-    return buf
-
-
-def pull_toward_(flat: torch.Tensor, center: torch.Tensor, pull_strength: float) -> torch.Tensor:
-    """In place ``x <- x - pull_strength * (x - center)`` (pull_strength = 1 makes ``x`` equal the centre)."""
-    if pull_strength == 1.0:
-        return flat.copy_(center)
-    return flat.mul_(1.0 - pull_strength).add_(center, alpha=pull_strength)
+        return term.mul_(float(my_weights.reshape(())))
+    if sizes is None:
+        raise ValueError("`sizes` is required for per-layer weights.")
+    return scale_segments_(term, sizes, my_weights)

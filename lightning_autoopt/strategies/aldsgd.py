@@ -8,17 +8,17 @@ arXiv 2405.11389. Re-implemented from the description of the public code (``comm
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_autoopt.strategies._checks import check_period, check_strength
 from lightning_autoopt.strategies._gossip import adjacent_leader_update, gossip_mix, select_adjacent_leaders
+from lightning_autoopt.strategies._registry import register_strategy
 from lightning_autoopt.strategies.dpsgd import DPSGDStrategy, GraphSpec
 from lightning_autoopt.strategies.graphs import CommunicationGraph
-from lightning_autoopt.strategies.local_update import check_period, check_strength
 
 
 class ALDSGDStrategy(DPSGDStrategy):
@@ -98,8 +98,8 @@ class ALDSGDStrategy(DPSGDStrategy):
             raise ValueError(f"`best_mix + degree_mix` must be <= 1, got {self.best_mix + self.degree_mix}.")
         if self.best_pull + self.degree_pull > 1.0:
             raise ValueError(f"`best_pull + degree_pull` must be <= 1, got {self.best_pull + self.degree_pull}.")
-        self.pull_period: int = cast(int, check_period("pull_period", pull_period))
-        self.loss_window: int = cast(int, check_period("loss_window", loss_window))
+        self.pull_period = check_period("pull_period", pull_period)
+        self.loss_window = check_period("loss_window", loss_window)
         super().__init__(
             graph=graph,
             dynamic_graph=dynamic_graph,
@@ -113,22 +113,18 @@ class ALDSGDStrategy(DPSGDStrategy):
             consensus_every=consensus_every,
             **kwargs,
         )
-        self._losses: list[float] = []  # persisted window of recent step losses
+        self.keep_losses(self.loss_window)
 
     # ------------------------------------------------------------------ leader signal
     @override
     def on_local_step(self, step: int) -> None:
-        loss = self.step_loss()
-        if not math.isfinite(loss):
-            self.nonfinite_events += 1
-            self.log_value("dist/nonfinite_events", self.nonfinite_events)
-        self._losses = (self._losses + [loss])[-self.loss_window :]
+        self.record_step_loss()
 
     def leader_signal(self) -> float:
         """Mean of the finite losses in the window; ``+inf`` if the latest loss is not finite (or none recorded)."""
-        if not self._losses or not math.isfinite(self._losses[-1]):
+        if not self.recent_losses or not math.isfinite(self.recent_losses[-1]):
             return math.inf
-        finite = [v for v in self._losses if math.isfinite(v)]
+        finite = [v for v in self.recent_losses if math.isfinite(v)]
         return sum(finite) / len(finite)
 
     # ------------------------------------------------------------------ rounds
@@ -160,11 +156,5 @@ class ALDSGDStrategy(DPSGDStrategy):
             mixed, params[best], params[max_deg], self.best_mix, self.degree_mix, self.best_pull, self.degree_pull
         )
 
-    # ------------------------------------------------------------------ state
-    @override
-    def extra_state_dict(self) -> dict[str, Any]:
-        return {"losses": list(self._losses)}
 
-    @override
-    def load_extra_state_dict(self, state: Mapping[str, Any]) -> None:
-        self._losses = [float(v) for v in state.get("losses", [])]
+register_strategy(ALDSGDStrategy)

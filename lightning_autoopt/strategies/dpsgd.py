@@ -8,13 +8,16 @@ code base (graphs as lists of matchings, ``alpha = 2 / (lambda_2 + lambda_max)``
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_autoopt import _flat
 from lightning_autoopt.strategies import _comm
-from lightning_autoopt.strategies._gossip import exchange_with_neighbours, gossip_mix
+from lightning_autoopt.strategies._checks import check_choice, check_number, check_period
+from lightning_autoopt.strategies._gossip import gossip_mix
+from lightning_autoopt.strategies._registry import register_strategy
 from lightning_autoopt.strategies.graphs import (
     ACTIVATIONS,
     GRAPH_NAMES,
@@ -23,7 +26,7 @@ from lightning_autoopt.strategies.graphs import (
     build_graph,
     check_world_size,
 )
-from lightning_autoopt.strategies.local_update import LocalUpdateStrategy, check_period
+from lightning_autoopt.strategies.local_update import LocalUpdateStrategy
 
 GraphSpec = str | list[list[int]]
 
@@ -106,18 +109,12 @@ class DPSGDStrategy(LocalUpdateStrategy):
     ) -> None:
         _check_graph_spec("graph", graph)
         _check_graph_spec("dynamic_graph", dynamic_graph, allow_none=True)
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"`activation` must be one of {ACTIVATIONS}, got {activation!r}.")
-        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0.0 < budget <= 1.0:
-            raise ValueError(f"`budget` must be in (0, 1] (probability a matching is active), got {budget!r}.")
-        if isinstance(edge_prob, bool) or not isinstance(edge_prob, (int, float)) or not 0.0 < edge_prob <= 1.0:
-            raise ValueError(f"`edge_prob` must be in (0, 1], got {edge_prob!r}.")
+        self.activation = check_choice("activation", activation, ACTIVATIONS)
+        self.budget = check_number("budget", budget, 0.0, 1.0, low_open=True)  # probability a matching is active
+        self.edge_prob = check_number("edge_prob", edge_prob, 0.0, 1.0, low_open=True)
         self.graph = graph
         self.dynamic_graph = dynamic_graph
-        self.activation = activation
-        self.budget = float(budget)
-        self.period: int = cast(int, check_period("period", period))
-        self.edge_prob = float(edge_prob)
+        self.period = check_period("period", period)
         self.graph_seed = int(graph_seed)
         super().__init__(
             buffer_policy=buffer_policy, eval_policy=eval_policy, consensus_every=consensus_every, **kwargs
@@ -170,13 +167,16 @@ class DPSGDStrategy(LocalUpdateStrategy):
         neighbours = graph.neighbours(rank, active)
 
         tensors = self.gossip_tensors()
-        flat = _comm.flatten(tensors)
+        flat = _flat.flatten(tensors)
         payload = self.make_payload(flat)
-        received = exchange_with_neighbours(payload, neighbours)
+        received = _comm.exchange_with_neighbours(payload, neighbours)
         self.count_bytes(len(neighbours) * _comm.nbytes(payload))
         if self.consensus_due():
             self.log_consensus(self.flat_params())
         new = self.mix(flat, dict(zip(neighbours, received)), graph, active, alpha)
-        _comm.unflatten_(new, tensors)
+        _flat.unflatten_(new, tensors)
         self.log_value("dist/degree", len(neighbours))
         self.log_value("dist/graph", graph_index)
+
+
+register_strategy(DPSGDStrategy)

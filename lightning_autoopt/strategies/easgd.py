@@ -12,8 +12,11 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from lightning_autoopt import _flat
 from lightning_autoopt.strategies import _comm
-from lightning_autoopt.strategies.local_update import LocalUpdateStrategy, check_period, check_strength
+from lightning_autoopt.strategies._checks import check_period, check_strength
+from lightning_autoopt.strategies._registry import register_strategy
+from lightning_autoopt.strategies.local_update import LocalUpdateStrategy
 
 
 class EASGDStrategy(LocalUpdateStrategy):
@@ -87,7 +90,7 @@ class EASGDStrategy(LocalUpdateStrategy):
     def policy_flat(self, policy: str) -> Tensor:
         if policy != "center" or self.center is None:  # no center outside fit: fall back to the average
             return super().policy_flat("average" if policy == "center" else policy)
-        buffers = _comm.flatten(self.float_buffers).to(self.center.device)
+        buffers = _flat.flatten(self.float_buffers).to(self.center.device)
         if buffers.numel():
             _comm.all_reduce_mean_(buffers)
         return torch.cat([self.center, buffers])
@@ -97,3 +100,6 @@ class EASGDStrategy(LocalUpdateStrategy):
 
     def load_extra_state_dict(self, state: Mapping[str, Any]) -> None:
         self.center = state.get("center")
+
+
+register_strategy(EASGDStrategy)

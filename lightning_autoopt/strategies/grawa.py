@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 from torch.optim import Optimizer
 from typing_extensions import override
 
+from lightning_autoopt import _flat
 from lightning_autoopt.strategies import _comm
-from lightning_autoopt.strategies._grawa_math import grawa_weights, layer_norms, pull_toward_, weighted_center
-from lightning_autoopt.strategies.local_update import LocalUpdateStrategy, check_period, check_strength
+from lightning_autoopt.strategies._checks import check_choice, check_number, check_period, check_strength
+from lightning_autoopt.strategies._grawa_math import grawa_weights, layer_norms, model_norm, weighted_term
+from lightning_autoopt.strategies._registry import register_strategy
+from lightning_autoopt.strategies.local_update import LocalUpdateStrategy
 
 _LEVELS = ("model", "layer")
 _STATISTICS = ("mean_over_period", "last")
@@ -89,20 +91,12 @@ class GRAWAStrategy(LocalUpdateStrategy):
         **kwargs: Any,
     ) -> None:
         level = self.default_level if level is None else level
-        if level not in _LEVELS:
-            raise ValueError(f"`level` must be one of {_LEVELS} (model = MGRAWA, layer = LGRAWA), got {level!r}.")
-        if statistic not in _STATISTICS:
-            raise ValueError(f"`statistic` must be one of {_STATISTICS}, got {statistic!r}.")
-        if isinstance(exponent, bool) or not isinstance(exponent, (int, float)) or not 0 <= exponent < math.inf:
-            raise ValueError(f"`exponent` must be a finite number >= 0 (1 = inverse norm), got {exponent!r}.")
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < math.inf:
-            raise ValueError(f"`eps` must be a finite number > 0 (guard against zero gradients), got {eps!r}.")
-        self.level = level
-        self.period: int = cast(int, check_period("period", period))
+        self.level = check_choice("level", level, _LEVELS, "model = MGRAWA, layer = LGRAWA")
+        self.statistic = check_choice("statistic", statistic, _STATISTICS)
+        self.exponent = check_number("exponent", exponent, 0.0)
+        self.eps = check_number("eps", eps, 0.0, low_open=True)
+        self.period = check_period("period", period)
         self.pull_strength = check_strength("pull_strength", pull_strength)
-        self.exponent = float(exponent)
-        self.eps = float(eps)
-        self.statistic = statistic
         super().__init__(
             buffer_policy=buffer_policy, eval_policy=eval_policy, consensus_every=consensus_every, **kwargs
         )
@@ -122,14 +116,13 @@ class GRAWAStrategy(LocalUpdateStrategy):
     def record_gradient_norms(self) -> None:
         """Read this step's per-parameter gradient norms (unscaled, pre-clipping) into the period statistics."""
         per_layer = layer_norms([p.grad for p in self.params]) / self._grad_scale()
-        if not bool(torch.isfinite(per_layer).all()):
-            self.nonfinite_events += 1
-            self.log_value("dist/nonfinite_events", self.nonfinite_events)
+        if not _flat.all_finite(per_layer):
+            self.note_nonfinite()
             return
         if self._layer_sum is None:
             self._layer_sum = torch.zeros_like(per_layer)
         self._layer_sum += per_layer
-        self._model_sum += float(per_layer.pow(2).sum().sqrt())
+        self._model_sum += float(model_norm(per_layer))
         self._count += 1
         self._last_layer = per_layer
 
@@ -153,7 +146,7 @@ class GRAWAStrategy(LocalUpdateStrategy):
             return torch.full((width,), math.inf, dtype=torch.float64)
         if self.statistic == "last":
             per_layer = self._last_layer
-            return per_layer.pow(2).sum().sqrt().reshape(1) if self.level == "model" else per_layer.clone()
+            return model_norm(per_layer) if self.level == "model" else per_layer.clone()
         if self.level == "model":
             return torch.tensor([self._model_sum / self._count], dtype=torch.float64)
         return self._layer_sum / self._count
@@ -166,22 +159,21 @@ class GRAWAStrategy(LocalUpdateStrategy):
     @override
     def on_round(self, step: int) -> None:
         mine = self.statistic_norms().to(self.root_device)
-        gathered = [torch.empty_like(mine) for _ in range(self.world_size)]
-        dist.all_gather(gathered, mine)
-        self.count_bytes(_comm.nbytes(mine))
-        weights = grawa_weights(torch.stack(gathered).cpu(), exponent=self.exponent, eps=self.eps)
+        gathered, sent = _comm.all_gather_(mine)
+        self.count_bytes(sent)
+        weights = grawa_weights(gathered, exponent=self.exponent, eps=self.eps)
         my_weights = weights[self.global_rank]
 
         flat = self.flat_params()
         sizes = [p.numel() for p in self.params]
-        center = weighted_center(flat, my_weights, sizes=sizes if self.level == "layer" else None)
-        self.count_bytes(_comm.nbytes(flat))
+        center = weighted_term(flat, my_weights, sizes=sizes if self.level == "layer" else None)
+        self.count_bytes(_comm.all_reduce_sum_(center))
         if self.consensus_due():
             self.log_consensus(flat)
-        self.write_params(pull_toward_(flat, center, self.pull_strength))
+        self.write_params(_comm.leader_pull_(flat, center, self.pull_strength))
         self.average_buffers()
 
-        model_stat = mine if self.level == "model" else mine.pow(2).sum().sqrt()
+        model_stat = mine if self.level == "model" else model_norm(mine)
         self.log_value("dist/grad_norm", float(model_stat.reshape(-1)[0]))
         self.log_value("dist/grawa_weight", float(my_weights.mean()))
         self.log_value("dist/grawa_weight_max", float(weights.max()))
@@ -210,3 +202,7 @@ class LGRAWAStrategy(GRAWAStrategy):
 
     strategy_name = "lgrawa"
     default_level = "layer"
+
+
+register_strategy(GRAWAStrategy)
+register_strategy(LGRAWAStrategy)

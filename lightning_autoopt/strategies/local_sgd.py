@@ -9,7 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from lightning_autoopt.strategies import _comm
-from lightning_autoopt.strategies.local_update import LocalUpdateStrategy, check_period
+from lightning_autoopt.strategies._checks import check_group_size, check_period
+from lightning_autoopt.strategies._registry import register_strategy
+from lightning_autoopt.strategies.local_update import LocalUpdateStrategy
 
 
 class LocalSGDStrategy(LocalUpdateStrategy):
@@ -50,35 +52,27 @@ class LocalSGDStrategy(LocalUpdateStrategy):
     ) -> None:
         self.period = check_period("period", period)
         self.local_period = check_period("local_period", local_period, allow_none=True)
-        if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, int)):
-            raise ValueError(f"`group_size` must be an integer >= 1 or None, got {group_size!r}.")
-        if group_size is not None and group_size < 1:
-            raise ValueError(f"`group_size` must be >= 1 (workers per averaging group), got {group_size}.")
+        self.group_size = check_group_size(group_size)
         super().__init__(
             buffer_policy=buffer_policy, eval_policy=eval_policy, consensus_every=consensus_every, **kwargs
         )
-        self.group_size = group_size
-        self._group: Any = None
-        self._group_ranks: list[int] = []
 
     @property
     def hierarchical(self) -> bool:
         """Whether group averages run (more than one group and a ``local_period``)."""
-        return self.local_period is not None and 0 < len(self._group_ranks) < self.world_size
+        return self.local_period is not None and self.has_subgroups
 
     def setup_round_state(self) -> None:
-        self._group, self._group_ranks = self.make_groups(self.group_size)
+        self.setup_groups(self.group_size)
 
     def round_due(self, step: int) -> bool:
-        if step % self.period == 0:
-            return True
-        return self.hierarchical and self.local_period is not None and step % self.local_period == 0
+        return step % self.period == 0 or self.group_round_due(step, self.local_period)
 
     def on_round(self, step: int) -> None:
         if step % self.period == 0:
             self._average(None, consensus=self.consensus_due())
         else:  # a group round (a global round already makes every group equal)
-            self._average(self._group, consensus=False)
+            self._average(self.group, consensus=False)
 
     def _average(self, group: Any, consensus: bool) -> None:
         flat = self.flat_params()
@@ -88,3 +82,6 @@ class LocalSGDStrategy(LocalUpdateStrategy):
             self.log_consensus(flat, mean)
         self.write_params(mean)
         self.average_buffers(group)
+
+
+register_strategy(LocalSGDStrategy)

@@ -1,9 +1,15 @@
-"""Shared base of the local-update strategies (LSGD, EASGD, local SGD, and the ones built on them).
+"""Shared base of the local-update strategies (LSGD, EASGD, local SGD, GRAWA, D-PSGD, AL-DSGD).
 
 Workers train their own replica with no per-step gradient all-reduce and meet only every few optimizer steps in a
-*round* (a leader pull, an elastic update, an average, ...). The base owns everything a new method should not have to
-re-implement: no DDP wrapping, the initial broadcast, step counting, flat-buffer collectives, byte accounting,
-logging, subgroups, the evaluation/checkpoint weight policy and resume of every rank's own replica.
+*round* (a leader pull, an elastic update, an average, ...). The base owns what every method needs: no DDP wrapping,
+the initial broadcast, step counting, byte accounting, logging, worker groups, the training-loss window, non-finite
+counting and resume of every rank's counters. The pieces around it live next to it:
+
+* :mod:`~lightning_autoopt.strategies._policy`: which weights are evaluated, saved and handed back
+  (:meth:`~lightning_autoopt.strategies._policy.PolicyWeightsMixin.policy_weights`), per-rank checkpoints;
+* :mod:`~lightning_autoopt.strategies._comm`: every collective (flat buffers built with :mod:`lightning_autoopt._flat`);
+* :mod:`~lightning_autoopt.strategies._checks`: argument checks; :mod:`~lightning_autoopt.strategies._registry`:
+  :func:`register_strategy`; :mod:`~lightning_autoopt.strategies._elastic`: ``torchrun`` restarts.
 
 Writing a new method is a subclass with ``strategy_name``, its ``__init__`` arguments, :meth:`round_due` and
 :meth:`on_round` (plus :meth:`extra_state_dict` / :meth:`load_extra_state_dict` for any state it keeps), e.g.::
@@ -12,8 +18,8 @@ Writing a new method is a subclass with ``strategy_name``, its ``__init__`` argu
         strategy_name = "myavg"
 
         def __init__(self, period: int = 8, **kwargs: Any) -> None:
-            super().__init__(**kwargs)
             self.period = check_period("period", period)
+            super().__init__(**kwargs)
 
         def round_due(self, step: int) -> bool:
             return step % self.period == 0
@@ -21,115 +27,37 @@ Writing a new method is a subclass with ``strategy_name``, its ``__init__`` argu
         def on_round(self, step: int) -> None:
             flat = self.flat_params()
             mean = flat.clone()
-            self.count_bytes(all_reduce_mean_(mean))
+            self.count_bytes(_comm.all_reduce_mean_(mean))
             self.write_params(mean)
 
     register_strategy(MyAveraging)  # "myavg", "myavg_spawn", "myavg_fork"
+
+The full guide, with a tested example, is ``docs/methods/local_update.md``.
 """
 
 from __future__ import annotations
 
 import math
-import os
+from collections import deque
 from collections.abc import Callable, Mapping
-from datetime import timedelta
-from typing import Any, ClassVar, Literal, overload
+from typing import Any, ClassVar
 
-import torch.distributed as dist
-from lightning.fabric.utilities.seed import reset_seed
-from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
-from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor
 from torch.optim import Optimizer
 from typing_extensions import override
 
+from lightning_autoopt import _flat
 from lightning_autoopt.strategies import _comm
-
-CHECKPOINT_KEY = "local_update_strategy"
-"""Checkpoint key holding every rank's replica, optimizer states and strategy state (gathered to rank 0)."""
+from lightning_autoopt.strategies._checks import check_choice, check_count
+from lightning_autoopt.strategies._elastic import setup_restarted_process_group, torchrun_restart_attempt
+from lightning_autoopt.strategies._policy import PolicyWeightsMixin, to_cpu
 
 _BUFFER_POLICIES = ("local", "average")
-_REGISTERED: dict[str, type[LocalUpdateStrategy]] = {}
+_DDP_ONLY = ("ddp_comm_hook", "ddp_comm_state", "model_averaging_period")
 
 
-@overload
-def check_period(name: str, value: int, allow_none: Literal[False] = False) -> int: ...
-
-
-@overload
-def check_period(name: str, value: int | None, allow_none: bool) -> int | None: ...
-
-
-def check_period(name: str, value: int | None, allow_none: bool = False) -> int | None:
-    """Validate a communication period (in optimizer steps).
-
-    Raises:
-        ValueError: If the period is not an integer >= 1.
-    """
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be an integer >= 1 (optimizer steps between rounds), got {value!r}.")
-    return value
-
-
-def check_strength(name: str, value: float) -> float:
-    """Validate a pull strength.
-
-    Raises:
-        ValueError: If the strength is not a finite number in [0, 1].
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 <= float(value) <= 1.0):
-        raise ValueError(f"`{name}` must be a number in [0, 1] (0 = no pull, 1 = copy the target), got {value!r}.")
-    return float(value)
-
-
-def register_strategy(cls: type[LocalUpdateStrategy], registry: Any = None) -> list[str]:
-    """Register ``cls`` under ``cls.strategy_name`` (popen) plus ``_spawn`` and ``_fork`` variants, idempotently.
-
-    Re-registering (a re-import, a reloaded module) overrides the previous entry instead of raising.
-
-    Returns:
-        The registered names.
-
-    Raises:
-        ValueError: If the class has no lower-case ``strategy_name``.
-    """
-    name = getattr(cls, "strategy_name", "")
-    if not name or name != name.lower():
-        raise ValueError(f"{cls.__name__}.strategy_name must be a non-empty lower-case string, got {name!r}.")
-    registry = StrategyRegistry if registry is None else registry
-    names = []
-    for suffix, start_method in (("", "popen"), ("_spawn", "spawn"), ("_fork", "fork")):
-        registry.register(
-            name + suffix,
-            cls,
-            description=f"{cls.__name__} with start_method={start_method!r} (lightning-autoopt)",
-            override=True,
-            start_method=start_method,
-        )
-        names.append(name + suffix)
-    _REGISTERED[name] = cls
-    return names
-
-
-def registered_strategies() -> dict[str, type[LocalUpdateStrategy]]:
-    """The local-update strategies registered so far, by base name (test batteries iterate over this)."""
-    return dict(_REGISTERED)
-
-
-def _to_cpu(obj: Any) -> Any:
-    if isinstance(obj, Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, Mapping):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
-
-
-class LocalUpdateStrategy(DDPStrategy):
+class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
     """Base for strategies whose workers train locally and communicate in periodic rounds.
 
     * The model is **not** wrapped in ``DistributedDataParallel``: no gradient all-reduce. Rank 0's initial
@@ -142,17 +70,13 @@ class LocalUpdateStrategy(DDPStrategy):
       the closure returns ``training_step``'s loss, divided by ``accumulate_grad_batches``, which is undone here);
       under manual optimization the closure returns nothing, so :meth:`step_loss` falls back to
       ``trainer.callback_metrics[loss_key]`` (log the loss with ``self.log(loss_key, loss)`` *before*
-      ``opt.step()``).
-    * Evaluation policy (``eval_policy``) decides which weights are validated during ``fit`` and saved under
-      ``"state_dict"`` in checkpoints: ``"local"`` (each rank its own replica; the file holds rank 0's),
-      ``"average"`` (the mean of all replicas), ``"leader"`` (the current leader's replica; rank 0 before any
-      leader exists). Subclasses may add policies (EASGD: ``"center"``). Validation swaps the policy weights in and
-      restores each rank's own replica afterwards; ``validate``/``test`` outside ``fit`` evaluate the policy weights;
-      at the end of ``fit`` (``on_train_end``, after the callbacks' hooks) every rank's module is left holding the
-      policy weights, so the model ``fit`` hands back (also under ``spawn``) is the policy's.
-    * Checkpoints additionally hold, under ``"local_update_strategy"``, every rank's replica, optimizer states and
-      strategy state, gathered to rank 0 (who writes the file). On resume with the same world size each rank
-      reloads its own; with a different world size every rank starts from the policy weights (with a warning).
+      ``opt.step()``). :meth:`record_step_loss` keeps the last few losses in :attr:`recent_losses`.
+    * A NaN/inf loss or gradient never drives a decision; :meth:`note_nonfinite` counts it
+      (``nonfinite_events``, logged as ``dist/nonfinite_events``).
+    * Worker groups (:meth:`setup_groups`): contiguous blocks of ranks, by default one per node, for methods with
+      group rounds (LSGD's local leaders, hierarchical local SGD).
+    * Evaluation policy and checkpoints: see :class:`~lightning_autoopt.strategies._policy.PolicyWeightsMixin`
+      (``eval_policy``, :meth:`policy_weights`, every rank's replica in the checkpoint under ``CHECKPOINT_KEY``).
 
     Logged signals (per round, through ``pl_module.log``): ``dist/bytes_sent`` (bytes this rank sent in the round,
     see :mod:`lightning_autoopt.strategies._comm` for the convention), ``dist/bytes_sent_total``, ``dist/rounds``,
@@ -161,7 +85,8 @@ class LocalUpdateStrategy(DDPStrategy):
     Args:
         buffer_policy: ``"local"`` keeps each rank's buffers (BatchNorm statistics) as they are; ``"average"``
             averages floating-point buffers within the round's group at every round (one extra all-reduce).
-        eval_policy: Which weights are validated during fit and saved as the checkpoint's ``"state_dict"``.
+        eval_policy: Which weights are validated during fit and saved as the checkpoint's ``"state_dict"``:
+            ``"local"``, ``"average"``, ``"leader"`` (subclasses may add more).
         consensus_every: Compute and log ``dist/consensus_distance`` every this many rounds (``0`` disables). Where a
             method does not already compute the replica mean this costs one extra flat all-reduce; those bytes are
             counted in ``dist/diagnostic_bytes_total``, not in ``dist/bytes_sent``.
@@ -171,12 +96,11 @@ class LocalUpdateStrategy(DDPStrategy):
             ``process_group_backend``, ``timeout``, ...).
 
     Raises:
-        ValueError: On an unknown policy, a negative ``consensus_every`` or (when the Trainer is built) a world size
-            below 2.
+        ValueError: On an unknown policy, a negative ``consensus_every``, a DDP-only option or (when the Trainer is
+            built) a world size below 2.
     """
 
     strategy_name: ClassVar[str] = ""
-    eval_policies: ClassVar[tuple[str, ...]] = ("local", "average", "leader")
 
     def __init__(
         self,
@@ -186,18 +110,13 @@ class LocalUpdateStrategy(DDPStrategy):
         loss_key: str = "train_loss",
         **kwargs: Any,
     ) -> None:
-        if buffer_policy not in _BUFFER_POLICIES:
-            raise ValueError(f"`buffer_policy` must be one of {_BUFFER_POLICIES}, got {buffer_policy!r}.")
-        if eval_policy not in self.eval_policies:
-            raise ValueError(f"`eval_policy` must be one of {self.eval_policies}, got {eval_policy!r}.")
-        if isinstance(consensus_every, bool) or not isinstance(consensus_every, int) or consensus_every < 0:
-            raise ValueError(f"`consensus_every` must be an integer >= 0 (0 disables), got {consensus_every!r}.")
-        for bad in ("ddp_comm_hook", "ddp_comm_state", "model_averaging_period"):
+        check_choice("buffer_policy", buffer_policy, _BUFFER_POLICIES)
+        check_count("consensus_every", consensus_every, 0, "0 disables")
+        for bad in _DDP_ONLY:
             if kwargs.get(bad) is not None:
                 raise ValueError(f"`{bad}` is a DDP option and has no effect here; remove it.")
-        super().__init__(**kwargs)
+        super().__init__(eval_policy=eval_policy, **kwargs)  # PolicyWeightsMixin checks eval_policy
         self.buffer_policy = buffer_policy
-        self.eval_policy = eval_policy
         self.consensus_every = consensus_every
         self.loss_key = loss_key
         # counters persisted in checkpoints
@@ -207,14 +126,14 @@ class LocalUpdateStrategy(DDPStrategy):
         self.diagnostic_bytes_total = 0
         self.nonfinite_events = 0
         self.skipped_rounds = 0
-        self.leader: int | None = None
+        self.recent_losses: deque[float] = deque(maxlen=1)
+        # worker groups (setup_groups)
+        self.group: Any = None
+        self.group_ranks: list[int] = []
         # transient
         self._round_bytes = 0
         self._pending_logs: dict[str, float] = {}
         self._closure_output: Any = None
-        self._restored_replica = False
-        self._swapped_local: Tensor | None = None
-        self._groups_ready = False
 
     # ------------------------------------------------------------------ subclass API
     def round_due(self, step: int) -> bool:
@@ -240,57 +159,19 @@ class LocalUpdateStrategy(DDPStrategy):
     def load_extra_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`extra_state_dict` returned."""
 
-    def policy_flat(self, policy: str) -> Tensor:
-        """Flat parameters + floating buffers for ``policy`` (collective for every policy but ``"local"``)."""
-        flat = self.flat_state()
-        if policy == "local":
-            return flat
-        if policy == "average":
-            _comm.all_reduce_mean_(flat)
-            return flat
-        if policy == "leader":
-            _comm.broadcast_(flat, src=self.leader if self.leader is not None else 0)
-            return flat
-        raise ValueError(f"unknown eval policy {policy!r}")
-
-    @classmethod
-    def register_strategies(cls, strategy_registry: Any) -> None:
-        """Register this class's names (called explicitly on import; Lightning only walks its own classes)."""
-        if cls.strategy_name:
-            register_strategy(cls, strategy_registry)
-
     # ------------------------------------------------------------------ helpers for subclasses
     @property
     def resumed(self) -> bool:
         """``True`` while fitting resumed this rank's own replica and state from a checkpoint."""
         return self._restored_replica
 
-    @property
-    def params(self) -> list[Tensor]:
-        """All parameters of the LightningModule, in a fixed order."""
-        assert self.lightning_module is not None
-        return list(self.lightning_module.parameters())
-
-    @property
-    def float_buffers(self) -> list[Tensor]:
-        """Floating-point buffers (BatchNorm running statistics); integer counters are left alone."""
-        assert self.lightning_module is not None
-        return [b for b in self.lightning_module.buffers() if b.is_floating_point()]
-
     def flat_params(self) -> Tensor:
         """A new flat copy of the parameters."""
-        return _comm.flatten(self.params)
+        return _flat.flatten(self.params)
 
     def write_params(self, flat: Tensor) -> None:
         """Write a flat parameter buffer back into the module."""
-        _comm.unflatten_(flat, self.params)
-
-    def flat_state(self) -> Tensor:
-        """A new flat copy of parameters followed by floating buffers (the unit of evaluation policies)."""
-        return _comm.flatten(self.params + self.float_buffers)
-
-    def write_state(self, flat: Tensor) -> None:
-        _comm.unflatten_(flat, self.params + self.float_buffers)
+        _flat.unflatten_(flat, self.params)
 
     def count_bytes(self, n: int) -> None:
         """Add ``n`` bytes to this round's ``dist/bytes_sent``."""
@@ -309,9 +190,9 @@ class LocalUpdateStrategy(DDPStrategy):
         buffers = self.float_buffers
         if not buffers:
             return
-        flat = _comm.flatten(buffers)
+        flat = _flat.flatten(buffers)
         self.count_bytes(_comm.all_reduce_mean_(flat, group=group))
-        _comm.unflatten_(flat, buffers)
+        _flat.unflatten_(flat, buffers)
 
     def consensus_due(self) -> bool:
         """Whether this round should compute ``dist/consensus_distance``."""
@@ -330,10 +211,17 @@ class LocalUpdateStrategy(DDPStrategy):
         """Queue a scalar for ``pl_module.log`` at the end of this optimizer step."""
         self._pending_logs[name] = float(value)
 
-    def make_groups(self, group_size: int | None) -> tuple[Any, list[int]]:
-        """Create the worker groups (all of them, identically on every rank) and return ``(my_group, my_ranks)``.
+    def note_nonfinite(self) -> None:
+        """Count one NaN/inf loss or gradient (``nonfinite_events``, logged as ``dist/nonfinite_events``)."""
+        self.nonfinite_events += 1
+        self.log_value("dist/nonfinite_events", self.nonfinite_events)
 
-        ``group_size=None`` groups by node (``devices`` per node; one group on a single node).
+    # ------------------------------------------------------------------ worker groups
+    def setup_groups(self, group_size: int | None) -> None:
+        """Create the worker groups (all of them, identically on every rank): sets :attr:`group`, :attr:`group_ranks`.
+
+        ``group_size=None`` groups by node (``devices`` per node; one group on a single node). Call it from
+        :meth:`setup_round_state` (a collective).
 
         Raises:
             ValueError: If the group size does not divide the world size or differs between ranks.
@@ -344,7 +232,29 @@ class LocalUpdateStrategy(DDPStrategy):
         sizes = _comm.all_gather_scalar(float(size), device=self.root_device)
         if not bool((sizes == sizes[0]).all()):
             raise ValueError(f"inconsistent group sizes across ranks: {sizes.tolist()}; pass the same group_size.")
-        return _comm.new_groups(world, size)
+        self.group, self.group_ranks = _comm.new_groups(world, size)
+
+    @property
+    def has_subgroups(self) -> bool:
+        """Whether the workers form more than one group (so group rounds differ from world rounds)."""
+        return 0 < len(self.group_ranks) < self.world_size
+
+    def group_round_due(self, step: int, group_period: int | None) -> bool:
+        """Whether a group round runs at ``step``: a ``group_period`` is set, there are subgroups, and it divides."""
+        return group_period is not None and self.has_subgroups and step % group_period == 0
+
+    # ------------------------------------------------------------------ training loss
+    def keep_losses(self, size: int) -> None:
+        """Keep the last ``size`` losses in :attr:`recent_losses` (a window for leader choices)."""
+        self.recent_losses = deque(self.recent_losses, maxlen=size)
+
+    def record_step_loss(self) -> float:
+        """Append this step's training loss to :attr:`recent_losses` (NaN/inf included, and counted); return it."""
+        loss = self.step_loss()
+        if not math.isfinite(loss):
+            self.note_nonfinite()
+        self.recent_losses.append(loss)
+        return loss
 
     def step_loss(self) -> float:
         """The training loss of the step just taken (see the class docstring for where it comes from).
@@ -387,39 +297,16 @@ class LocalUpdateStrategy(DDPStrategy):
 
     @override
     def setup_distributed(self) -> None:
-        """Like DDP's, but a torchrun restart gets a process group on a fresh, attempt-prefixed store.
+        """Like DDP's, but a ``torchrun`` restart gets a process group on a fresh, attempt-prefixed store.
 
-        Under ``torchrun --max-restarts`` the workers share the elastic agent's TCP store across attempts; with the
-        torch 2.14 gloo backend a restarted group can read the previous attempt's peer addresses from it and fail
-        with "Gloo connectFullMesh failed ... Connection refused". Prefixing the store with the restart count
-        avoids the stale keys. Outside TorchElastic restarts this is exactly ``DDPStrategy.setup_distributed``.
+        See :mod:`lightning_autoopt.strategies._elastic` for why; outside TorchElastic restarts this is exactly
+        ``DDPStrategy.setup_distributed``.
         """
-        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        if restart == "0" or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or dist.is_initialized():
+        attempt = torchrun_restart_attempt()
+        if attempt is None:
             super().setup_distributed()
-            return
-        reset_seed()
-        self.set_world_ranks()
-        self._process_group_backend = self._get_process_group_backend()
-        assert self.cluster_environment is not None
-        timeout = self._timeout if self._timeout is not None else timedelta(minutes=30)
-        store = dist.TCPStore(
-            self.cluster_environment.main_address,
-            self.cluster_environment.main_port,
-            self.world_size,
-            is_master=False,
-            timeout=timeout,
-        )
-        prefixed = dist.PrefixStore(f"/lightning_autoopt/attempt_{restart}", store)
-        device_id = self.root_device if self.root_device.type != "cpu" else None
-        dist.init_process_group(
-            self._process_group_backend,
-            store=prefixed,
-            rank=self.global_rank,
-            world_size=self.world_size,
-            timeout=timeout,
-            device_id=device_id,
-        )
+        else:
+            setup_restarted_process_group(self, attempt)
 
     @override
     def configure_ddp(self) -> None:
@@ -431,14 +318,6 @@ class LocalUpdateStrategy(DDPStrategy):
             self.write_state(flat)
         self.setup_round_state()
         self._groups_ready = True
-
-    @override
-    def setup(self, trainer: Any) -> None:
-        if trainer.state.fn != TrainerFn.FITTING and _dist_ready() and self.eval_policy != "local":
-            # validate/test/predict outside fit: evaluate the policy weights on every rank
-            self.model_to_device()
-            self.write_state(self.policy_flat(self.eval_policy))
-        super().setup(trainer)
 
     @override
     def optimizer_step(
@@ -484,63 +363,11 @@ class LocalUpdateStrategy(DDPStrategy):
                 lm.log(name, value, on_step=True, on_epoch=False, sync_dist=False, batch_size=1)
         self._pending_logs = {}
 
-    # ------------------------------------------------------------------ evaluation policy
-    def _swap_in_policy(self) -> None:
-        if self._swapped_local is not None or self.eval_policy == "local" or not _dist_ready():
-            return
-        local = self.flat_state()
-        self.write_state(self.policy_flat(self.eval_policy))
-        self._swapped_local = local
-
-    def _swap_out_policy(self) -> None:
-        if self._swapped_local is not None:
-            self.write_state(self._swapped_local)
-            self._swapped_local = None
-
-    def _fitting(self) -> bool:
-        lm = self.lightning_module
-        return lm is not None and lm._trainer is not None and lm.trainer.state.fn == TrainerFn.FITTING
-
-    @override
-    def on_validation_start(self) -> None:
-        super().on_validation_start()
-        if self._fitting() and self._groups_ready:
-            self._swap_in_policy()
-
-    @override
-    def on_validation_end(self) -> None:
-        self._swap_out_policy()
-        super().on_validation_end()
-
-    @override
-    def on_train_end(self) -> None:
-        """Leave the policy weights in every rank's module, so the model returned by ``fit`` is the policy's."""
-        super().on_train_end()
-        if self.eval_policy != "local" and self._groups_ready and _dist_ready():
-            self._swap_out_policy()
-            self.write_state(self.policy_flat(self.eval_policy))
-
-    @override
-    def on_exception(self, exception: BaseException) -> None:
-        self._swap_out_policy()
-        super().on_exception(exception)
-
-    @override
-    def lightning_module_state_dict(self) -> dict[str, Any]:
-        """The policy's weights (collective: ``dump_checkpoint`` runs on every rank)."""
-        assert self.lightning_module is not None
-        if self.eval_policy == "local" or not _dist_ready() or self._swapped_local is not None:
-            return _to_cpu(self.lightning_module.state_dict())
-        self._swap_in_policy()
-        try:
-            return _to_cpu(self.lightning_module.state_dict())
-        finally:
-            self._swap_out_policy()
-
     # ------------------------------------------------------------------ checkpoints
+    @override
     def strategy_state_dict(self) -> dict[str, Any]:
-        """This rank's full strategy state: counters plus :meth:`extra_state_dict`."""
-        return _to_cpu(
+        """This rank's full strategy state: counters, the loss window, plus :meth:`extra_state_dict`."""
+        return to_cpu(
             {
                 "class": type(self).__name__,
                 "num_steps": self.num_steps,
@@ -550,11 +377,18 @@ class LocalUpdateStrategy(DDPStrategy):
                 "nonfinite_events": self.nonfinite_events,
                 "skipped_rounds": self.skipped_rounds,
                 "leader": self.leader,
+                "recent_losses": list(self.recent_losses),
                 "extra": self.extra_state_dict(),
             }
         )
 
+    @override
     def load_strategy_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`strategy_state_dict`.
+
+        Raises:
+            ValueError: If another strategy class wrote the state.
+        """
         if state.get("class") not in (None, type(self).__name__):
             raise ValueError(
                 f"checkpoint was written by {state.get('class')}, not {type(self).__name__}; resume with the "
@@ -567,80 +401,8 @@ class LocalUpdateStrategy(DDPStrategy):
         self.nonfinite_events = int(state["nonfinite_events"])
         self.skipped_rounds = int(state["skipped_rounds"])
         self.leader = state["leader"]
-        self.load_extra_state_dict(state.get("extra", {}))
-
-    def _rank_payload(self, with_optimizers: bool) -> dict[str, Any]:
-        assert self.lightning_module is not None
-        swapped = self._swapped_local
-        if swapped is not None:  # saving from inside validation: store the replica, not the policy weights
-            policy = self.flat_state()
-            self.write_state(swapped)
-        payload = {
-            "model": _to_cpu(self.lightning_module.state_dict()),
-            "strategy": self.strategy_state_dict(),
-        }
-        if swapped is not None:
-            self.write_state(policy)
-        if with_optimizers:
-            payload["optimizers"] = [_to_cpu(self.optimizer_state(o)) for o in self.optimizers]
-        return payload
-
-    @override
-    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
-        """Gather every rank's replica, optimizer states and strategy state into the file rank 0 writes."""
-        if _dist_ready() and self.lightning_module is not None:
-            payload = self._rank_payload(with_optimizers="optimizer_states" in checkpoint)
-            gathered: list[Any] | None = [None] * self.world_size if self.global_rank == 0 else None
-            dist.gather_object(payload, gathered, dst=0)
-            if self.global_rank == 0:
-                checkpoint[CHECKPOINT_KEY] = {"world_size": self.world_size, "ranks": gathered}
-        super().save_checkpoint(checkpoint, filepath, storage_options)
-
-    def _own_entry(self, checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
-        stored = checkpoint.get(CHECKPOINT_KEY)
-        if stored is None:
-            return None
-        if stored["world_size"] != self.world_size:
-            rank_zero_warn(
-                f"checkpoint holds {stored['world_size']} replicas but the world size is {self.world_size}; "
-                "every rank resumes from the checkpoint's policy weights and rank 0's strategy state."
-            )
-            self.load_strategy_state_dict(stored["ranks"][0]["strategy"])
-            return None
-        return stored["ranks"][self.global_rank]
-
-    @override
-    def load_model_state_dict(self, checkpoint: Mapping[str, Any], strict: bool = True) -> None:
-        entry = self._own_entry(checkpoint) if self._fitting() else None
-        if entry is None:
-            super().load_model_state_dict(checkpoint, strict=strict)
-            return
-        assert self.lightning_module is not None
-        self.lightning_module.load_state_dict(entry["model"], strict=strict)
-        self.load_strategy_state_dict(entry["strategy"])
-        self._restored_replica = True
-
-    @override
-    def load_optimizer_state_dict(self, checkpoint: Mapping[str, Any]) -> None:
-        stored = checkpoint.get(CHECKPOINT_KEY)
-        if self._restored_replica and stored is not None:
-            entry = stored["ranks"][self.global_rank]
-            if "optimizers" in entry:
-                checkpoint = {**checkpoint, "optimizer_states": entry["optimizers"]}
-        super().load_optimizer_state_dict(checkpoint)
-
-    @override
-    def teardown(self) -> None:
-        self._swap_out_policy()
-        self._restored_replica = False
-        self._groups_ready = False
-        super().teardown()
-
-
-def _dist_ready() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def finite(value: float) -> bool:
-    """``True`` for a finite float (NaN/inf never drive a decision)."""
-    return math.isfinite(value)
+        extra = state.get("extra", {})
+        # checkpoints written before the window moved into the base kept it in the method's extra state
+        losses = state.get("recent_losses", extra.get("losses", []))
+        self.recent_losses = deque((float(v) for v in losses), maxlen=self.recent_losses.maxlen)
+        self.load_extra_state_dict(extra)

@@ -8,15 +8,17 @@ local steps, then a collective round), see ``docs/methods/lsgd.md``.
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from lightning_autoopt import _flat
 from lightning_autoopt.strategies import _comm
-from lightning_autoopt.strategies.local_update import LocalUpdateStrategy, check_period, check_strength
+from lightning_autoopt.strategies._checks import check_choice, check_group_size, check_period, check_strength
+from lightning_autoopt.strategies._registry import register_strategy
+from lightning_autoopt.strategies.local_update import LocalUpdateStrategy
 
 _LEADER_METRICS = ("loss", "grad_decrease")
 
@@ -92,14 +94,10 @@ class LSGDStrategy(LocalUpdateStrategy):
         self.pull_strength = check_strength("pull_strength", pull_strength)
         self.local_pull_strength = check_strength("local_pull_strength", local_pull_strength)
         self.proximal_strength = check_strength("proximal_strength", proximal_strength)
-        if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, int)):
-            raise ValueError(f"`group_size` must be an integer >= 1 or None, got {group_size!r}.")
-        if group_size is not None and group_size < 1:
-            raise ValueError(f"`group_size` must be >= 1 (workers per leader group), got {group_size}.")
+        self.group_size = check_group_size(group_size)
         if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
             raise ValueError(f"`window` must be an integer >= 1 (losses averaged) or None, got {window!r}.")
-        if leader_metric not in _LEADER_METRICS:
-            raise ValueError(f"`leader_metric` must be one of {_LEADER_METRICS}, got {leader_metric!r}.")
+        self.leader_metric = check_choice("leader_metric", leader_metric, _LEADER_METRICS)
         super().__init__(
             buffer_policy=buffer_policy,
             eval_policy=eval_policy,
@@ -107,27 +105,23 @@ class LSGDStrategy(LocalUpdateStrategy):
             loss_key=loss_key,
             **kwargs,
         )
-        self.group_size = group_size
-        self.leader_metric = leader_metric
         self.window: int = window if window is not None else min(self.period, self.local_period or self.period)
-        self._losses: deque[float] = deque(maxlen=self.window)
+        self.keep_losses(self.window)
         self._decrease_ema = math.inf
         self._prev_params: Tensor | None = None
         self.leader_counts: list[int] = []
         self.local_leader: int | None = None
         self._stored_leader: Tensor | None = None
         self._stored_local_leader: Tensor | None = None
-        self._group: Any = None
-        self._group_ranks: list[int] = []
 
     # ------------------------------------------------------------------ setup
     @property
     def multi_leader(self) -> bool:
         """Whether local-leader rounds run (more than one group and a ``local_period``)."""
-        return self.local_period is not None and 0 < len(self._group_ranks) < self.world_size
+        return self.local_period is not None and self.has_subgroups
 
     def setup_round_state(self) -> None:
-        self._group, self._group_ranks = self.make_groups(self.group_size)
+        self.setup_groups(self.group_size)
         if len(self.leader_counts) != self.world_size:
             self.leader_counts = [0] * self.world_size
         if self._stored_leader is not None:
@@ -140,10 +134,10 @@ class LSGDStrategy(LocalUpdateStrategy):
         """This worker's current leader metric (lower is better; +inf when unknown or non-finite)."""
         if self.leader_metric == "grad_decrease":
             return self._decrease_ema
-        if not self._losses:
+        if not self.recent_losses:
             return math.inf
-        value = sum(self._losses) / len(self._losses)
-        return value if math.isfinite(value) else math.inf
+        # a NaN/inf loss stays in the window (the mean is then not finite): never the leader until it slides out
+        return _flat.finite_or_inf(sum(self.recent_losses) / len(self.recent_losses))
 
     def on_before_local_step(self, step: int) -> None:
         if self.leader_metric == "grad_decrease":
@@ -151,18 +145,15 @@ class LSGDStrategy(LocalUpdateStrategy):
 
     def on_local_step(self, step: int) -> None:
         if self.leader_metric == "loss":
-            loss = self.step_loss()
-            if not math.isfinite(loss):
-                self._note_nonfinite()
-                loss = math.inf  # stays in the window: never the leader until it slides out
-            self._losses.append(loss)
+            self.record_step_loss()
         else:
             assert self._prev_params is not None
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-            decrease = float(torch.dot(self._prev_params - self.flat_params(), _comm.flatten(grads)).item())
+            params = self.params
+            grads = _flat.flatten([p.grad for p in params], like=params)
+            decrease = float(torch.dot(self._prev_params - self.flat_params(), grads).item())
             self._prev_params = None
             if not math.isfinite(decrease):
-                self._note_nonfinite()
+                self.note_nonfinite()
                 self._decrease_ema = math.inf
             elif not math.isfinite(self._decrease_ema):
                 self._decrease_ema = decrease
@@ -170,10 +161,6 @@ class LSGDStrategy(LocalUpdateStrategy):
                 self._decrease_ema = 0.9 * self._decrease_ema + 0.1 * decrease
         if self.proximal_strength > 0:
             self._proximal_pull()
-
-    def _note_nonfinite(self) -> None:
-        self.nonfinite_events += 1
-        self.log_value("dist/nonfinite_events", self.nonfinite_events)
 
     def _proximal_pull(self) -> None:
         if self._stored_leader is None and self._stored_local_leader is None:
@@ -186,15 +173,12 @@ class LSGDStrategy(LocalUpdateStrategy):
         self.write_params(flat)
 
     # ------------------------------------------------------------------ rounds
-    def _local_due(self, step: int) -> bool:
-        return self.multi_leader and self.local_period is not None and step % self.local_period == 0
-
     def round_due(self, step: int) -> bool:
-        return step % self.period == 0 or self._local_due(step)
+        return step % self.period == 0 or self.group_round_due(step, self.local_period)
 
     def on_round(self, step: int) -> None:
-        if self._local_due(step):
-            self._leader_round(self._group, self._group_ranks, self.local_pull_strength, scope="local")
+        if self.group_round_due(step, self.local_period):
+            self._leader_round(self.group, self.group_ranks, self.local_pull_strength, scope="local")
         if step % self.period == 0:
             self._leader_round(None, list(range(self.world_size)), self.pull_strength, scope="global")
 
@@ -228,7 +212,6 @@ class LSGDStrategy(LocalUpdateStrategy):
     # ------------------------------------------------------------------ state
     def extra_state_dict(self) -> dict[str, Any]:
         return {
-            "losses": list(self._losses),
             "decrease_ema": self._decrease_ema,
             "leader_counts": list(self.leader_counts),
             "local_leader": self.local_leader,
@@ -237,9 +220,11 @@ class LSGDStrategy(LocalUpdateStrategy):
         }
 
     def load_extra_state_dict(self, state: Mapping[str, Any]) -> None:
-        self._losses = deque(state.get("losses", []), maxlen=self.window)
         self._decrease_ema = float(state.get("decrease_ema", math.inf))
         self.leader_counts = list(state.get("leader_counts", []))
         self.local_leader = state.get("local_leader")
         self._stored_leader = state.get("stored_leader")
         self._stored_local_leader = state.get("stored_local_leader")
+
+
+register_strategy(LSGDStrategy)

@@ -12,13 +12,8 @@ from lightning.pytorch import Trainer
 import lightning_autoopt  # noqa: F401
 from lightning_autoopt.strategies import ALDSGDStrategy
 from tests.helpers import TinyClassifier, TinyDataModule
-
-try:
-    from ._gloo_pool import run_on_pool, shared_pool
-    from ._local_update_helpers import FlatRecorder, detached
-except ImportError:
-    from _gloo_pool import run_on_pool, shared_pool  # type: ignore[no-redef]
-    from _local_update_helpers import FlatRecorder, detached  # type: ignore[no-redef]
+from tests.strategies._gloo_pool import run_on_pool, shared_pool
+from tests.strategies._local_update_helpers import FlatRecorder, detached
 
 WORLD = 4
 MIX = {"best_mix": 0.3, "degree_mix": 0.1, "best_pull": 0.2, "degree_pull": 0.2}
@@ -129,10 +124,11 @@ def test_loss_window_signal():
     s._closure_output = torch.tensor(float("nan"))
     s.on_local_step(2)
     assert s.leader_signal() == math.inf
-    state = s.extra_state_dict()
+    state = s.strategy_state_dict()
     t = ALDSGDStrategy(loss_window=3)
-    t.load_extra_state_dict(state)
-    assert t._losses[1] == 3.0 and math.isnan(t._losses[0]) and math.isnan(t._losses[2])
+    t.load_strategy_state_dict(state)
+    assert t.recent_losses[1] == 3.0 and math.isnan(t.recent_losses[0]) and math.isnan(t.recent_losses[2])
+    assert t.recent_losses.maxlen == 3 and t.leader_signal() == math.inf
 
 
 @pytest.mark.slow

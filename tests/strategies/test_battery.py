@@ -17,13 +17,8 @@ from lightning.pytorch.strategies import StrategyRegistry
 import lightning_autoopt  # noqa: F401
 from lightning_autoopt.strategies import CHECKPOINT_KEY, registered_strategies
 from tests.helpers import TinyClassifier, TinyDataModule
-
-try:
-    from ._battery import CASES, POLICY_CHECKS
-    from ._local_update_helpers import FlatRecorder
-except ImportError:
-    from _battery import CASES, POLICY_CHECKS  # type: ignore[no-redef]
-    from _local_update_helpers import FlatRecorder  # type: ignore[no-redef]
+from tests.strategies._battery import CASES, POLICY_CHECKS
+from tests.strategies._local_update_helpers import FlatRecorder
 
 NAMES = sorted(CASES)
 

@@ -1,12 +1,15 @@
 """The worked example of ``docs/methods/local_update.md``: a custom local-update strategy, verified.
 
-``PartialAveragingStrategy`` below is the exact subclass printed in the guide. Keep the two in sync.
+``PartialAveragingStrategy`` below is the exact subclass printed in the guide (docstring aside);
+``test_the_guide_prints_this_example`` fails when the two drift apart.
 """
 
 from __future__ import annotations
 
+import ast
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -80,6 +83,29 @@ class _Recorder(pl.Callback):
             },
             os.path.join(self.out_dir, f"custom_rank{trainer.global_rank}.pt"),
         )
+
+
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "methods" / "local_update.md"
+
+
+def _without_docstrings(tree: ast.AST) -> str:
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
+            if isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+                node.body = body[1:]  # type: ignore[attr-defined]
+    return ast.dump(tree)
+
+
+def test_the_guide_prints_this_example():
+    text = GUIDE.read_text()
+    block = text.split("```python\n")[-1].split("```")[0]
+    guide = {type(n).__name__ + getattr(n, "name", ""): n for n in ast.parse(block).body}
+    here = {type(n).__name__ + getattr(n, "name", ""): n for n in ast.parse(Path(__file__).read_text()).body}
+    name = "ClassDefPartialAveragingStrategy"
+    assert _without_docstrings(guide[name]) == _without_docstrings(here[name]), "update docs/methods/local_update.md"
+    register = [ast.dump(n) for n in ast.parse(block).body if isinstance(n, ast.Expr)]
+    assert register == [ast.dump(ast.parse("register_strategy(PartialAveragingStrategy)").body[0])]
 
 
 def test_pure_parts_validation_registration_and_schedule():

@@ -8,13 +8,8 @@ import torch.distributed as dist
 
 from lightning_autoopt.strategies import DPSGDStrategy
 from lightning_autoopt.strategies.graphs import build_graph
-
-try:
-    from ._gloo_pool import run_on_pool, shared_pool
-    from ._local_update_helpers import detached
-except ImportError:
-    from _gloo_pool import run_on_pool, shared_pool  # type: ignore[no-redef]
-    from _local_update_helpers import detached  # type: ignore[no-redef]
+from tests.strategies._gloo_pool import run_on_pool, shared_pool
+from tests.strategies._local_update_helpers import detached
 
 WORLD = 4
 N = 8 + 4  # Linear(3, 2) parameters + BatchNorm running mean/var (gossiped with buffer_policy="average")

@@ -6,12 +6,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from lightning_autoopt.strategies._gossip import (
-    adjacent_leader_update,
-    exchange_with_neighbours,
-    gossip_mix,
-    select_adjacent_leaders,
-)
+from lightning_autoopt.strategies._comm import exchange_with_neighbours
+from lightning_autoopt.strategies._gossip import adjacent_leader_update, gossip_mix, select_adjacent_leaders
 from lightning_autoopt.strategies.graphs import (
     CommunicationGraph,
     GraphSchedule,
@@ -19,11 +15,7 @@ from lightning_autoopt.strategies.graphs import (
     check_world_size,
     decompose_into_matchings,
 )
-
-try:  # tests/strategies may or may not be a package
-    from ._gloo_pool import run_on_pool, shared_pool
-except ImportError:
-    from _gloo_pool import run_on_pool, shared_pool  # type: ignore[no-redef]
+from tests.strategies._gloo_pool import run_on_pool, shared_pool
 
 WORLD = 4
 

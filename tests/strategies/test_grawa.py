@@ -8,21 +8,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from lightning_autoopt.strategies import GRAWAStrategy, LGRAWAStrategy, LocalSGDStrategy
-from lightning_autoopt.strategies._grawa_math import (
-    grawa_weights,
-    layer_norms,
-    model_norm,
-    pull_toward_,
-    weighted_center,
-)
-
-try:  # tests/strategies may or may not be a package
-    from ._gloo_pool import run_on_pool, shared_pool
-    from ._local_update_helpers import detached
-except ImportError:
-    from _gloo_pool import run_on_pool, shared_pool  # type: ignore[no-redef]
-    from _local_update_helpers import detached  # type: ignore[no-redef]
+from lightning_autoopt.strategies import GRAWAStrategy, LGRAWAStrategy, LocalSGDStrategy, _comm
+from lightning_autoopt.strategies._grawa_math import grawa_weights, layer_norms, model_norm, weighted_term
+from tests.strategies._gloo_pool import run_on_pool, shared_pool
+from tests.strategies._local_update_helpers import detached
 
 WORLD = 4
 
@@ -66,8 +55,12 @@ def test_norm_helpers_and_pull():
     assert per.tolist() == [5.0, 0.0, 12.0]
     assert model_norm(per).item() == pytest.approx(13.0)
     x, c = torch.tensor([1.0, 2.0]), torch.tensor([3.0, 6.0])
-    assert pull_toward_(x.clone(), c, 0.25).tolist() == [1.5, 3.0]
-    assert torch.equal(pull_toward_(x.clone(), c, 1.0), c)
+    assert _comm.leader_pull_(x.clone(), c, 0.25).tolist() == [1.5, 3.0]  # GRAWA's pull is LSGD's
+    assert torch.equal(_comm.leader_pull_(x.clone(), c, 1.0), c)
+    torch.testing.assert_close(weighted_term(x, torch.tensor([0.5])), torch.tensor([0.5, 1.0]))
+    torch.testing.assert_close(weighted_term(x, torch.tensor([2.0, 3.0]), sizes=[1, 1]), torch.tensor([2.0, 6.0]))
+    with pytest.raises(ValueError, match="sizes"):
+        weighted_term(x, torch.tensor([2.0, 3.0]))
 
 
 # ----------------------------------------------------------------------------------------- gloo pool (4 ranks)
@@ -83,10 +76,11 @@ def _center_round(level, norms_by_rank):
     mine = torch.tensor(norms_by_rank[rank], dtype=torch.float64)
     if level == "model":
         mine = model_norm(mine)
-    gathered = [torch.zeros_like(mine) for _ in range(world)]
-    dist.all_gather(gathered, mine)
-    w = grawa_weights(torch.stack(gathered))
-    c = weighted_center(x, w[rank], sizes=sizes)
+    gathered, _ = _comm.all_gather_(mine)
+    assert gathered.shape[0] == world
+    w = grawa_weights(gathered)
+    c = weighted_term(x, w[rank], sizes=sizes)
+    _comm.all_reduce_sum_(c)
     return rank, (x, c, w)
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.distributed as dist
@@ -19,13 +17,8 @@ from lightning_autoopt.strategies import (
     register_strategy,
     registered_strategies,
 )
-
-try:
-    from ._gloo_pool import run_on_pool, shared_pool
-    from ._local_update_helpers import detached
-except ImportError:
-    from _gloo_pool import run_on_pool, shared_pool  # type: ignore[no-redef]
-    from _local_update_helpers import detached  # type: ignore[no-redef]
+from tests.strategies._gloo_pool import run_on_pool, shared_pool
+from tests.strategies._local_update_helpers import detached
 
 WORLD = 4
 N_PARAMS = 8  # Linear(3, 2) in the helpers
@@ -46,16 +39,6 @@ def test_leader_pull_and_elastic_update_closed_form():
     _comm.elastic_update_(flat, center, mean, alpha=0.25, beta=0.5)
     torch.testing.assert_close(flat, torch.tensor([1.5]))
     torch.testing.assert_close(center, torch.tensor([2.0]))
-
-
-def test_flatten_roundtrip_and_size_check():
-    ts = [torch.randn(2, 3), torch.randn(4)]
-    flat = _comm.flatten(ts)
-    out = [torch.zeros(2, 3), torch.zeros(4)]
-    _comm.unflatten_(flat, out)
-    assert all(torch.equal(a, b) for a, b in zip(ts, out))
-    with pytest.raises(ValueError, match="elements"):
-        _comm.unflatten_(flat[:-1], out)
 
 
 def test_contiguous_groups_and_errors():
@@ -166,6 +149,30 @@ def _policies():
     return rank, {p: s.policy_flat(p)[:N_PARAMS] for p in ("local", "average", "leader")}
 
 
+def _policy_weights_block():
+    rank = dist.get_rank()
+    s = detached(LSGDStrategy, period=1, eval_policy="average")
+    s.leader = 1
+    out = {}
+    with s.policy_weights():
+        out["inside"] = s.flat_params()
+        try:
+            with s.policy_weights("leader"):
+                pass
+        except RuntimeError as err:
+            out["nested"] = str(err)
+        with s.policy_weights("average"):  # the same policy again: nothing changes
+            out["again"] = s.flat_params()
+    out["after"] = s.flat_params()
+    try:
+        with s.policy_weights("leader"):
+            out["leader"] = s.flat_params()
+            raise KeyError("boom")
+    except KeyError:
+        out["after_error"] = s.flat_params()
+    return rank, out
+
+
 def _inconsistent_groups():
     rank = dist.get_rank()
     try:
@@ -261,10 +268,19 @@ def test_eval_policies(pool):
         assert torch.equal(r["leader"], _values(2))
 
 
+def test_policy_weights_block_swaps_in_and_always_restores(pool):
+    res = run_on_pool(pool, WORLD, _policy_weights_block)
+    mean = sum(_values(r) for r in range(WORLD)) / WORLD
+    for rank, r in enumerate(res):
+        torch.testing.assert_close(r["inside"], mean)
+        assert torch.equal(r["again"], r["inside"]) and "leave that block" in r["nested"]
+        assert torch.equal(r["after"], _values(rank)) and torch.equal(r["after_error"], _values(rank))
+        assert torch.equal(r["leader"], _values(1))
+    with pytest.raises(ValueError, match="policy"):
+        with LSGDStrategy().policy_weights("centre"):
+            pass
+
+
 def test_inconsistent_group_sizes_fail_on_every_rank(pool):
     res = run_on_pool(pool, WORLD, _inconsistent_groups)
     assert all(msg is not None and "inconsistent group sizes" in msg for msg in res)
-
-
-def test_nonfinite_helpers():
-    assert math.isinf(float(_comm.finite_or_inf(torch.tensor([float("nan")]))[0]))

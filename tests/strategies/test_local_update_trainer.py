@@ -10,11 +10,7 @@ from lightning.pytorch import Trainer
 
 import lightning_autoopt  # noqa: F401
 from tests.helpers import TinyClassifier, TinyDataModule, flat_params
-
-try:
-    from ._local_update_helpers import FlatRecorder, ManualTiny, NaNOnRank, RecordingLSGD
-except ImportError:
-    from _local_update_helpers import FlatRecorder, ManualTiny, NaNOnRank, RecordingLSGD  # type: ignore[no-redef]
+from tests.strategies._local_update_helpers import FlatRecorder, ManualTiny, NaNOnRank, RecordingLSGD
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,290 @@
+"""Which weights a local-update run evaluates and saves, and how every rank's replica goes into a checkpoint.
+
+:class:`PolicyWeightsMixin` is the half of :class:`~lightning_autoopt.strategies.LocalUpdateStrategy` that is not
+about rounds: the evaluation policy (validate / test / save / hand back the ``"average"``, ``"leader"``, ... weights
+instead of rank 0's replica), the public :meth:`~PolicyWeightsMixin.policy_weights` context manager, and checkpoints
+that hold every rank's replica, optimizer states and strategy state so that a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch.distributed as dist
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from torch import Tensor
+from typing_extensions import override
+
+from lightning_autoopt import _flat
+from lightning_autoopt.strategies import _comm
+from lightning_autoopt.strategies._checks import check_choice
+
+if TYPE_CHECKING:
+    from lightning.pytorch.strategies import DDPStrategy
+
+    _Base = DDPStrategy
+else:
+    _Base = object
+
+CHECKPOINT_KEY = "local_update_strategy"
+"""Checkpoint key holding every rank's replica, optimizer states and strategy state (gathered to rank 0)."""
+
+
+def to_cpu(obj: Any) -> Any:
+    """A CPU copy of every tensor in a (nested) mapping / list / tuple; other values are returned as they are."""
+    if isinstance(obj, Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, Mapping):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
+class PolicyWeightsMixin(_Base):
+    """Evaluation-policy weights and per-rank checkpoints for a ``DDPStrategy`` subclass (mixed in before it).
+
+    * ``eval_policy`` decides which weights are validated during ``fit`` and saved under ``"state_dict"`` in
+      checkpoints: ``"local"`` (each rank its own replica; the file holds rank 0's), ``"average"`` (the mean of all
+      replicas), ``"leader"`` (the current leader's replica; rank 0 before any leader exists). Subclasses add
+      policies by extending ``eval_policies`` and :meth:`policy_flat` (EASGD: ``"center"``).
+    * Validation during ``fit`` swaps the policy weights in and restores each rank's own replica afterwards;
+      ``validate``/``test`` outside ``fit`` evaluate the policy weights; at the end of ``fit`` every rank's module is
+      left holding the policy weights, so the model ``fit`` hands back (also under ``spawn``) is the policy's.
+    * Checkpoints additionally hold, under :data:`CHECKPOINT_KEY`, every rank's replica, optimizer states and
+      strategy state (:meth:`strategy_state_dict`), gathered to rank 0, who writes the file. On resume with the same
+      world size each rank reloads its own; with a different world size every rank starts from the policy weights.
+
+    The class using it provides :meth:`strategy_state_dict` / :meth:`load_strategy_state_dict` and sets
+    ``_groups_ready`` once its round state exists.
+
+    Args:
+        eval_policy: One of ``eval_policies``.
+        **kwargs: Forwarded to the strategy class it is mixed into.
+
+    Raises:
+        ValueError: On an unknown policy.
+    """
+
+    eval_policies: ClassVar[tuple[str, ...]] = ("local", "average", "leader")
+
+    def __init__(self, eval_policy: str = "average", **kwargs: Any) -> None:
+        check_choice("eval_policy", eval_policy, self.eval_policies)
+        super().__init__(**kwargs)
+        self.eval_policy = eval_policy
+        self.leader: int | None = None
+        self._swapped_local: Tensor | None = None
+        self._restored_replica = False
+        self._groups_ready = False
+
+    # ------------------------------------------------------------------ the module as flat state
+    @property
+    def params(self) -> list[Tensor]:
+        """All parameters of the LightningModule, in a fixed order."""
+        assert self.lightning_module is not None
+        return list(self.lightning_module.parameters())
+
+    @property
+    def float_buffers(self) -> list[Tensor]:
+        """Floating-point buffers (BatchNorm running statistics); integer counters are left alone."""
+        assert self.lightning_module is not None
+        return [b for b in self.lightning_module.buffers() if b.is_floating_point()]
+
+    def flat_state(self) -> Tensor:
+        """A new flat copy of parameters followed by floating buffers (the unit of evaluation policies)."""
+        return _flat.flatten(self.params + self.float_buffers)
+
+    def write_state(self, flat: Tensor) -> None:
+        """Write a :meth:`flat_state` buffer back into the module."""
+        _flat.unflatten_(flat, self.params + self.float_buffers)
+
+    # ------------------------------------------------------------------ policies
+    def policy_flat(self, policy: str) -> Tensor:
+        """Flat parameters + floating buffers for ``policy`` (collective for every policy but ``"local"``)."""
+        flat = self.flat_state()
+        if policy == "local":
+            return flat
+        if policy == "average":
+            _comm.all_reduce_mean_(flat)
+            return flat
+        if policy == "leader":
+            _comm.broadcast_(flat, src=self.leader if self.leader is not None else 0)
+            return flat
+        raise ValueError(f"unknown eval policy {policy!r}")
+
+    @contextlib.contextmanager
+    def policy_weights(self, policy: str | None = None) -> Iterator[None]:
+        """Hold ``policy``'s weights (default: ``eval_policy``) in every rank's module inside the block.
+
+        On exit each rank gets its own replica back, also on an exception. A collective for every policy but
+        ``"local"``: every rank must enter the block. A no-op without a multi-process group. Inside validation
+        during ``fit`` the module already holds the ``eval_policy`` weights; entering again with that policy
+        changes nothing.
+
+        Args:
+            policy: One of ``eval_policies``; ``None`` = ``eval_policy``.
+
+        Raises:
+            ValueError: On an unknown policy.
+            RuntimeError: When asked for another policy while the module already holds swapped-in weights.
+
+        Example::
+
+            with trainer.strategy.policy_weights():        # the weights the checkpoint would save
+                accuracy = evaluate(pl_module)
+            with trainer.strategy.policy_weights("leader"):  # the same replicas, another policy
+                leader_accuracy = evaluate(pl_module)
+        """
+        policy = self.eval_policy if policy is None else check_choice("policy", policy, self.eval_policies)
+        if self._swapped_local is not None:
+            if policy != self.eval_policy:
+                raise RuntimeError(
+                    f"the module already holds the {self.eval_policy!r} policy weights; leave that block (or "
+                    f"validation) before asking for {policy!r}."
+                )
+            yield
+            return
+        swapped = self._swap_in(policy)
+        try:
+            yield
+        finally:
+            if swapped:
+                self._swap_out()
+
+    def _swap_in(self, policy: str) -> bool:
+        if self._swapped_local is not None or policy == "local" or not _comm.dist_ready():
+            return False
+        local = self.flat_state()
+        self.write_state(self.policy_flat(policy))
+        self._swapped_local = local
+        return True
+
+    def _swap_out(self) -> None:
+        if self._swapped_local is not None:
+            self.write_state(self._swapped_local)
+            self._swapped_local = None
+
+    def _fitting(self) -> bool:
+        lm = self.lightning_module
+        return lm is not None and lm._trainer is not None and lm.trainer.state.fn == TrainerFn.FITTING
+
+    # ------------------------------------------------------------------ Lightning hooks
+    @override
+    def setup(self, trainer: Any) -> None:
+        if trainer.state.fn != TrainerFn.FITTING and _comm.dist_ready() and self.eval_policy != "local":
+            # validate/test/predict outside fit: evaluate the policy weights on every rank
+            self.model_to_device()
+            self.write_state(self.policy_flat(self.eval_policy))
+        super().setup(trainer)
+
+    @override
+    def on_validation_start(self) -> None:
+        super().on_validation_start()
+        if self._fitting() and self._groups_ready:
+            self._swap_in(self.eval_policy)
+
+    @override
+    def on_validation_end(self) -> None:
+        self._swap_out()
+        super().on_validation_end()
+
+    @override
+    def on_train_end(self) -> None:
+        """Leave the policy weights in every rank's module, so the model returned by ``fit`` is the policy's."""
+        super().on_train_end()
+        if self.eval_policy != "local" and self._groups_ready and _comm.dist_ready():
+            self._swap_out()
+            self.write_state(self.policy_flat(self.eval_policy))
+
+    @override
+    def on_exception(self, exception: BaseException) -> None:
+        self._swap_out()
+        super().on_exception(exception)
+
+    @override
+    def teardown(self) -> None:
+        self._swap_out()
+        self._restored_replica = False
+        self._groups_ready = False
+        super().teardown()
+
+    # ------------------------------------------------------------------ checkpoints
+    def strategy_state_dict(self) -> dict[str, Any]:
+        """This rank's strategy state (counters and method state); provided by the strategy class."""
+        raise NotImplementedError
+
+    def load_strategy_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`strategy_state_dict`; provided by the strategy class."""
+        raise NotImplementedError
+
+    @override
+    def lightning_module_state_dict(self) -> dict[str, Any]:
+        """The policy's weights (collective: ``dump_checkpoint`` runs on every rank)."""
+        assert self.lightning_module is not None
+        if self.eval_policy == "local" or not _comm.dist_ready() or self._swapped_local is not None:
+            return to_cpu(self.lightning_module.state_dict())
+        with self.policy_weights():
+            return to_cpu(self.lightning_module.state_dict())
+
+    def _rank_payload(self, with_optimizers: bool) -> dict[str, Any]:
+        assert self.lightning_module is not None
+        swapped = self._swapped_local
+        if swapped is not None:  # saving from inside validation: store the replica, not the policy weights
+            policy = self.flat_state()
+            self.write_state(swapped)
+        payload = {
+            "model": to_cpu(self.lightning_module.state_dict()),
+            "strategy": self.strategy_state_dict(),
+        }
+        if swapped is not None:
+            self.write_state(policy)
+        if with_optimizers:
+            payload["optimizers"] = [to_cpu(self.optimizer_state(o)) for o in self.optimizers]
+        return payload
+
+    @override
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
+        """Gather every rank's replica, optimizer states and strategy state into the file rank 0 writes."""
+        if _comm.dist_ready() and self.lightning_module is not None:
+            payload = self._rank_payload(with_optimizers="optimizer_states" in checkpoint)
+            gathered: list[Any] | None = [None] * self.world_size if self.global_rank == 0 else None
+            dist.gather_object(payload, gathered, dst=0)
+            if self.global_rank == 0:
+                checkpoint[CHECKPOINT_KEY] = {"world_size": self.world_size, "ranks": gathered}
+        super().save_checkpoint(checkpoint, filepath, storage_options)
+
+    def _own_entry(self, checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
+        stored = checkpoint.get(CHECKPOINT_KEY)
+        if stored is None:
+            return None
+        if stored["world_size"] != self.world_size:
+            rank_zero_warn(
+                f"checkpoint holds {stored['world_size']} replicas but the world size is {self.world_size}; "
+                "every rank resumes from the checkpoint's policy weights and rank 0's strategy state."
+            )
+            self.load_strategy_state_dict(stored["ranks"][0]["strategy"])
+            return None
+        return stored["ranks"][self.global_rank]
+
+    @override
+    def load_model_state_dict(self, checkpoint: Mapping[str, Any], strict: bool = True) -> None:
+        entry = self._own_entry(checkpoint) if self._fitting() else None
+        if entry is None:
+            super().load_model_state_dict(checkpoint, strict=strict)
+            return
+        assert self.lightning_module is not None
+        self.lightning_module.load_state_dict(entry["model"], strict=strict)
+        self.load_strategy_state_dict(entry["strategy"])
+        self._restored_replica = True
+
+    @override
+    def load_optimizer_state_dict(self, checkpoint: Mapping[str, Any]) -> None:
+        stored = checkpoint.get(CHECKPOINT_KEY)
+        if self._restored_replica and stored is not None:
+            entry = stored["ranks"][self.global_rank]
+            if "optimizers" in entry:
+                checkpoint = {**checkpoint, "optimizer_states": entry["optimizers"]}
+        super().load_optimizer_state_dict(checkpoint)
