@@ -36,11 +36,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_autoopt.callbacks import TaskShiftDetector
-from lightning_autoopt.continual import DCO, TAME
-from lightning_autoopt.continual._experts import build_module
-from lightning_autoopt.continual.metrics import forgetting, match_detections, task_mask_logits
+from lightning_autoopt.callbacks import DCO, TaskShiftDetector
+from lightning_autoopt.continual import TAME, evaluate_tasks
+from lightning_autoopt.continual.metrics import forgetting, match_detections
 from lightning_autoopt.data import TaskStreamDataModule
+from lightning_autoopt.models import build_for_input
 
 OUT = Path(__file__).parent / "out"
 
@@ -64,7 +64,7 @@ class StreamNet(pl.LightningModule):
         super().__init__()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.net = build_module(arch, 10, input_shape, WIDTH, 1)
+            self.net = build_for_input(arch, input_shape, 10, WIDTH, 1)
         self.ewc_lambda = ewc_lambda
         self.ewc_terms: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []
         self.acc_matrix: list[list[float]] = []
@@ -135,23 +135,13 @@ class StreamProbe(pl.Callback):
 
 
 def per_task_accuracy(model: torch.nn.Module, dm: TaskStreamDataModule) -> list[float]:
-    was = model.training
-    model.eval()
-    with torch.no_grad():
-        out = [
-            float((model(x).argmax(1) == y).float().mean())
-            for x, y in (dm.task_tensors(t) for t in range(dm.num_tasks))
-        ]
-    model.train(was)
-    return out
+    scores = evaluate_tasks(model, *dm.eval_tensors())
+    return [scores[f"acc_task{t}"] for t in range(dm.num_tasks)]
 
 
-def scores(logits: torch.Tensor, dm: TaskStreamDataModule) -> dict[str, float]:
-    _, y, t = dm.eval_tensors()
-    return {
-        "class_il": float((logits.argmax(1) == y).float().mean()),
-        "task_il": float((task_mask_logits(logits, t, dm.task_classes).argmax(1) == y).float().mean()),
-    }
+def scores(model: torch.nn.Module, dm: TaskStreamDataModule) -> dict[str, float]:
+    out = evaluate_tasks(model, *dm.eval_tensors(), task_classes=dm.task_classes)
+    return {"class_il": out["class_il_acc"], "task_il": out["task_il_acc"]}
 
 
 def trainer(callbacks: list[pl.Callback]) -> pl.Trainer:
@@ -184,10 +174,6 @@ def run_tame(stream: str, seed: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     trainer([probe]).fit(model, datamodule=dm)
     wall = time.perf_counter() - t0
-    x, _, _ = dm.eval_tensors()
-    with torch.no_grad():
-        model.eval()
-        logits = model(x)
     det = match_detections(model.shift_batches, dm.true_boundaries, max_delay=50)
     # No-shift step time: every batch except the shift batches and the first one (warm-up).
     skip = set(model.shift_batches) | {0}
@@ -196,7 +182,7 @@ def run_tame(stream: str, seed: int) -> dict[str, Any]:
     if model.selector_net is not None:
         params += sum(int((p != 0).sum()) for p in model.selector_net.parameters())
     return {
-        **scores(logits, dm),
+        **scores(model, dm),
         "forgetting": math.nan,
         "experts": model.num_experts,
         "params": params,
@@ -237,12 +223,8 @@ def run_single(stream: str, seed: int, method: str) -> dict[str, Any]:
     else:
         trainer(callbacks).fit(model, datamodule=dm)
     wall = time.perf_counter() - t0
-    x, _, _ = dm.eval_tensors()
-    model.eval()
-    with torch.no_grad():
-        logits = model(x)
     out: dict[str, Any] = {
-        **scores(logits, dm),
+        **scores(model, dm),
         "forgetting": forgetting(model.acc_matrix) if method != "joint" else math.nan,
         "experts": 1,
         "params": sum(p.numel() for p in model.parameters()),

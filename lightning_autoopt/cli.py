@@ -30,7 +30,8 @@ class AutoOptCLI(LightningCLI):
 
     def __init__(self, args: Sequence[str] | None = None, run: bool = True, **kwargs: Any) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        super().__init__(model_class=None, datamodule_class=None, args=args, run=run, **kwargs)
+        argv = None if args is None else list(args)  # LightningCLI wants a list (or a dict / Namespace)
+        super().__init__(model_class=None, datamodule_class=None, args=argv, run=run, **kwargs)
 
 
 def main(args: Sequence[str] | None = None) -> None:

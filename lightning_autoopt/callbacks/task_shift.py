@@ -1,11 +1,16 @@
-"""TaskShiftDetector: TAME's loss-statistics task-shift test as a callback for any LightningModule."""
+"""TaskShiftDetector: TAME's loss-statistics task-shift test as a callback for any LightningModule.
+
+Whoever wants to hear about a shift implements the declared hook: a callback is a :class:`TaskShiftListener`
+(e.g. :class:`~lightning_autoopt.callbacks.DCO`), the LightningModule a :class:`TaskShiftAwareModule`; both receive
+a :class:`TaskShiftInfo`.
+"""
 
 from __future__ import annotations
 
 import math
 import os
 from collections import defaultdict
-from typing import Any
+from typing import Any, Protocol, TypedDict, runtime_checkable
 
 import lightning.pytorch as pl
 import torch
@@ -13,7 +18,38 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from lightning_autoopt.continual.detector import LossShiftDetector
+from lightning_autoopt.continual.detector import DETECTOR_DEFAULTS, DetectorConfig, LossShiftDetector
+
+__all__ = ["TaskShiftAwareModule", "TaskShiftDetector", "TaskShiftInfo", "TaskShiftListener"]
+
+
+class TaskShiftInfo(TypedDict):
+    """What a task-shift hook receives."""
+
+    step: int
+    """``trainer.global_step`` when the shift was detected."""
+    shift_index: int
+    """1 for the first shift of the run, 2 for the second, ..."""
+    loss_ema: float
+    """The smoothed loss that crossed the threshold."""
+    threshold: float
+    """The threshold it crossed."""
+
+
+@runtime_checkable
+class TaskShiftListener(Protocol):
+    """A callback that :class:`TaskShiftDetector` notifies of every detected shift (e.g. DCO closes its task)."""
+
+    def on_task_shift(self, trainer: pl.Trainer, pl_module: pl.LightningModule, info: TaskShiftInfo) -> None:
+        """Called on every rank right after the shift at ``info["step"]`` was detected."""
+
+
+@runtime_checkable
+class TaskShiftAwareModule(Protocol):
+    """A LightningModule that :class:`TaskShiftDetector` notifies of every detected shift."""
+
+    def on_task_shift(self, trainer: pl.Trainer, info: TaskShiftInfo) -> None:
+        """Called on every rank right after the shift at ``info["step"]`` was detected."""
 
 
 class TaskShiftDetector(Callback):
@@ -26,9 +62,9 @@ class TaskShiftDetector(Callback):
 
     On a shift the callback
 
-    * calls ``pl_module.on_task_shift(trainer, info)`` if the module defines it, and
-      ``callback.on_task_shift(trainer, pl_module, info)`` on every other callback that defines it (e.g.
-      :class:`~lightning_autoopt.continual.DCO`), where ``info = {"step", "shift_index", "loss_ema", "threshold"}``;
+    * calls ``pl_module.on_task_shift(trainer, info)`` if the module is a :class:`TaskShiftAwareModule`, and
+      ``callback.on_task_shift(trainer, pl_module, info)`` on every other callback that is a
+      :class:`TaskShiftListener` (e.g. :class:`~lightning_autoopt.callbacks.DCO`), with a :class:`TaskShiftInfo`;
     * optionally resets the optimizers' state, restores the initial learning rates, and saves a checkpoint.
 
     It logs ``task_shift/loss_ema``, ``task_shift/threshold``, ``task_shift/shifts`` and ``task_shift/nonfinite``.
@@ -36,14 +72,8 @@ class TaskShiftDetector(Callback):
     loss is averaged over ranks before the test.
 
     Args:
-        window: Window of recent losses that defines the threshold (TAME split-MNIST: 35).
-        ema_alpha: EMA weight of the newest loss (TAME: 0.2).
-        k_sigma: Standard deviations above the window mean that make a shift (TAME: 3).
-        std_floor: Lower bound of the window std (TAME: 0.005).
-        min_history: Losses needed in the window before the test may fire (after the start and after each shift).
-        initial_loss: Seed of the window, e.g. ``ln(num_classes)``; ``None`` seeds with the first loss.
-        lag: Steps a loss waits before it joins the window (0 = TAME's code; see
-            :class:`~lightning_autoopt.continual.LossShiftDetector`).
+        window, ema_alpha, k_sigma, std_floor, min_history, initial_loss, lag: The test's settings, documented once
+            in :class:`~lightning_autoopt.continual.DetectorConfig` (kept as :attr:`config`).
         loss_key: Key of the loss when ``training_step`` returns a dict.
         reset_optimizer_state: On a shift, clear every optimizer's state (momentum, Adam moments).
         restore_initial_lr: On a shift, set every parameter group's learning rate back to its value at the start of
@@ -63,13 +93,13 @@ class TaskShiftDetector(Callback):
 
     def __init__(
         self,
-        window: int = 35,
-        ema_alpha: float = 0.2,
-        k_sigma: float = 3.0,
-        std_floor: float = 0.005,
-        min_history: int = 5,
-        initial_loss: float | None = None,
-        lag: int = 10,
+        window: int = DETECTOR_DEFAULTS.window,
+        ema_alpha: float = DETECTOR_DEFAULTS.ema_alpha,
+        k_sigma: float = DETECTOR_DEFAULTS.k_sigma,
+        std_floor: float = DETECTOR_DEFAULTS.std_floor,
+        min_history: int = DETECTOR_DEFAULTS.min_history,
+        initial_loss: float | None = DETECTOR_DEFAULTS.initial_loss,
+        lag: int = DETECTOR_DEFAULTS.lag,
         loss_key: str = "loss",
         reset_optimizer_state: bool = False,
         restore_initial_lr: bool = False,
@@ -80,7 +110,7 @@ class TaskShiftDetector(Callback):
         super().__init__()
         if not loss_key:
             raise ValueError("`loss_key` must be a non-empty string naming the loss in training_step's output dict.")
-        self.detector = LossShiftDetector(
+        self.config = DetectorConfig(
             window=window,
             ema_alpha=ema_alpha,
             k_sigma=k_sigma,
@@ -89,6 +119,7 @@ class TaskShiftDetector(Callback):
             initial_loss=initial_loss,
             lag=lag,
         )
+        self.detector = LossShiftDetector(self.config)
         self.loss_key = loss_key
         self.reset_optimizer_state = reset_optimizer_state
         self.restore_initial_lr = restore_initial_lr
@@ -166,7 +197,7 @@ class TaskShiftDetector(Callback):
     def _on_shift(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         step = trainer.global_step
         self.shift_steps.append(step)
-        info = {
+        info: TaskShiftInfo = {
             "step": step,
             "shift_index": len(self.shift_steps),
             "loss_ema": self.detector.last_shift["loss_ema"],
@@ -181,13 +212,11 @@ class TaskShiftDetector(Callback):
             for opt, lrs in zip(trainer.optimizers, self.initial_lrs):
                 for group, lr in zip(opt.param_groups, lrs):
                     group["lr"] = lr
-        hook = getattr(pl_module, "on_task_shift", None)
-        if callable(hook):
-            hook(trainer, info)
+        if isinstance(pl_module, TaskShiftAwareModule):
+            pl_module.on_task_shift(trainer, info)
         for callback in getattr(trainer, "callbacks", []):
-            cb_hook = getattr(callback, "on_task_shift", None)
-            if callback is not self and callable(cb_hook):
-                cb_hook(trainer, pl_module, info)
+            if callback is not self and isinstance(callback, TaskShiftListener):
+                callback.on_task_shift(trainer, pl_module, info)
         if self.save_checkpoint:
             dirpath = self.dirpath or trainer.default_root_dir
             trainer.save_checkpoint(os.path.join(dirpath, f"task_shift_step{step}.ckpt"))

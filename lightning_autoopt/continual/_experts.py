@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-ARCH_NAMES = ("mlp", "cnn", "resnet")
+from lightning_autoopt.models.nets import ARCHS, build_for_input
 
 
 def _import_class(path: str) -> type:
@@ -22,12 +22,12 @@ def _import_class(path: str) -> type:
 def check_spec(spec: str | dict[str, Any], name: str) -> None:
     """Raise a ValueError naming ``name`` if ``spec`` is neither a known architecture nor a class-path dict."""
     if isinstance(spec, str):
-        if spec not in ARCH_NAMES:
-            raise ValueError(f"`{name}` must be one of {ARCH_NAMES} or a dict with `class_path`, got {spec!r}.")
+        if spec not in ARCHS:
+            raise ValueError(f"`{name}` must be one of {ARCHS} or a dict with `class_path`, got {spec!r}.")
         return
     if not isinstance(spec, dict) or "class_path" not in spec:
         raise ValueError(
-            f"`{name}` must be an architecture name {ARCH_NAMES} or a dict "
+            f"`{name}` must be an architecture name {ARCHS} or a dict "
             "{'class_path': 'pkg.module.Net', 'init_args': {...}}, got " + repr(spec)
         )
     unknown = set(spec) - {"class_path", "init_args", "output_arg"}
@@ -51,9 +51,7 @@ def build_module(
     number of outputs is passed as ``output_arg`` (default ``num_classes``) unless ``init_args`` sets it.
     """
     if isinstance(spec, str):
-        from lightning_autoopt.models._nets import build_network
-
-        return build_network(spec, len(input_shape) - 1, tuple(int(s) for s in input_shape), num_outputs, width, depth)
+        return build_for_input(spec, input_shape, num_outputs, width, depth)
     cls = _import_class(spec["class_path"])
     kwargs = dict(spec.get("init_args") or {})
     kwargs.setdefault(spec.get("output_arg", "num_classes"), num_outputs)

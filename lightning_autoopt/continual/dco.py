@@ -1,21 +1,16 @@
-"""DCO (Direction-Constrained Optimization): keep later tasks out of each old task's top "forbidden" directions."""
+"""DCO's pure core (Direction-Constrained Optimization): the direction autoencoder and the closed-form penalty.
+
+Nothing here knows about a ``Trainer``. The Lightning adapter is :class:`lightning_autoopt.callbacks.DCO`.
+"""
 
 from __future__ import annotations
 
 import math
-from collections import deque
-from typing import Any
 
-import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from typing_extensions import override
-
-from lightning_autoopt.continual.metrics import accuracy_per_task, task_mask_logits
 
 
-def _as_matrix(t: torch.Tensor) -> torch.Tensor:
+def as_matrix(t: torch.Tensor) -> torch.Tensor:
     """A weight of shape ``(out, ...)`` as an ``(out, rest)`` matrix (Linear: itself; Conv: kernels flattened)."""
     return t.reshape(t.shape[0], -1)
 
@@ -52,231 +47,26 @@ def fit_direction_autoencoder(
     return [(u.detach(), v.detach()) for u, v in zip(params[0::2], params[1::2])]
 
 
-class DCO(Callback):
-    """Direction-Constrained Optimization (Teng et al.) as a callback for automatic-optimization LightningModules.
-
-    At the end of each task -- at the optimizer steps listed in ``boundaries``, or when a
-    :class:`~lightning_autoopt.callbacks.TaskShiftDetector` in the same Trainer reports a shift -- DCO
-
-    1. stores the task's centre ``theta*`` (the weights ``skip_recent`` steps before the event, so that the first
-       steps on the new task, taken before a detector noticed it, are excluded);
-    2. fits a tied linear autoencoder (:func:`fit_direction_autoencoder`) to the task's last training gradients
-       ``g_j`` and their differences ``g_{j+1} - g_j`` (the code's gradient pairs), whose ``num_directions``
-       latents are the task's top "forbidden" directions ``E_t``;
-    3. from then on adds the gradient of ``strength * ||E_t (theta - theta*_t)||^2`` (summed over stored tasks)
-       to the weights' gradients in ``on_before_optimizer_step``, clipped to norm ``penalty_grad_clip`` -- once per
-       optimizer step (after gradient accumulation and AMP unscaling, before Lightning's gradient clipping). The
-       loss value is not changed; ``dco/penalty`` is logged.
-
-    Only weight matrices of Linear/Conv layers (parameters with 2+ dimensions) are constrained, as in the code.
-    Under DDP the gradients are already averaged across ranks when the hook runs, and the autoencoder uses a
-    private seeded generator, so every rank computes the same directions and the same penalty (no collective).
+def direction_penalty(
+    current: list[torch.Tensor], tasks: list[dict[str, list[torch.Tensor]]], strength: float
+) -> tuple[float, list[torch.Tensor]]:
+    """DCO's penalty ``strength * sum_t ||E_t(theta - theta*_t)||^2`` and its gradient per layer, in closed form.
 
     Args:
-        boundaries: Optimizer steps (``trainer.global_step``) at which a task ends; ``None`` = only detector events.
-        strength: Regulariser weight (DCO code: 100).
-        num_directions: Latent units of each task's autoencoder (DCO code: 1000 on large nets; use fewer here).
-        num_gradients: Most recent training gradients kept for the autoencoder (consecutive pairs are formed).
-        ae_steps: Adam steps of the autoencoder fit.
-        ae_lr: Adam learning rate of the autoencoder (DCO code: 1e-2).
-        skip_recent: Gradients / weights of the last steps before a *detector* event that are ignored (they may
-            belong to the new task already); given boundaries are exact, so they use 0.
-        penalty_grad_clip: Norm clip of the penalty gradient (DCO code: 20); ``0`` disables clipping.
-        seed: Seed of the autoencoder initialisation.
-        report: At the end of training, evaluate the module per task on ``datamodule.eval_tensors()`` (when the
-            datamodule has it, e.g. :class:`~lightning_autoopt.data.TaskStreamDataModule`) and print the scores.
+        current: The constrained weights as ``(out, rest)`` matrices (:func:`as_matrix`).
+        tasks: One dict per consolidated task: ``"centre"`` (the matrices ``theta*_t``), ``"u"`` and ``"v"`` (the
+            directions of :func:`fit_direction_autoencoder`, per layer).
+        strength: The penalty weight.
 
-    Raises:
-        ValueError: If an argument is out of range.
-
-    Example::
-
-        trainer = Trainer(callbacks=[DCO(boundaries=[200, 400, 600, 800])])
+    Returns:
+        ``(penalty, gradients)``, the gradients shaped like ``current``.
     """
-
-    def __init__(
-        self,
-        boundaries: list[int] | None = None,
-        strength: float = 100.0,
-        num_directions: int = 20,
-        num_gradients: int = 32,
-        ae_steps: int = 200,
-        ae_lr: float = 1e-2,
-        skip_recent: int = 5,
-        penalty_grad_clip: float = 20.0,
-        seed: int = 0,
-        report: bool = True,
-    ) -> None:
-        super().__init__()
-        if boundaries is not None and any(int(b) < 1 for b in boundaries):
-            raise ValueError(f"`boundaries` must be optimizer steps >= 1, got {boundaries}.")
-        if strength < 0:
-            raise ValueError(f"`strength` must be >= 0, got {strength}.")
-        if num_directions < 1:
-            raise ValueError(f"`num_directions` must be >= 1, got {num_directions}.")
-        if num_gradients < 2:
-            raise ValueError(f"`num_gradients` must be >= 2 (pairs of consecutive gradients), got {num_gradients}.")
-        if ae_steps < 1 or ae_lr <= 0:
-            raise ValueError(f"`ae_steps` must be >= 1 and `ae_lr` > 0, got {ae_steps} and {ae_lr}.")
-        if skip_recent < 0 or skip_recent >= num_gradients - 1:
-            raise ValueError(f"`skip_recent` must be in [0, num_gradients - 1), got {skip_recent}.")
-        if penalty_grad_clip < 0:
-            raise ValueError(f"`penalty_grad_clip` must be >= 0 (0 disables it), got {penalty_grad_clip}.")
-        self.boundaries = sorted({int(b) for b in boundaries or []})
-        self.strength, self.num_directions = float(strength), int(num_directions)
-        self.num_gradients, self.ae_steps, self.ae_lr = int(num_gradients), int(ae_steps), float(ae_lr)
-        self.skip_recent, self.penalty_grad_clip = int(skip_recent), float(penalty_grad_clip)
-        self.seed, self.report = int(seed), report
-        self._gradients: deque[list[torch.Tensor]] = deque(maxlen=self.num_gradients)
-        self._weights: deque[list[torch.Tensor]] = deque(maxlen=self.skip_recent + 1)
-        # One entry per consolidated task: centre and directions per constrained layer.
-        self.tasks: list[dict[str, list[torch.Tensor]]] = []
-        self.consolidation_steps: list[int] = []
-        self.last_penalty = 0.0
-        self.final_metrics: dict[str, float] = {}
-
-    @property
-    @override
-    def state_key(self) -> str:
-        return self._generate_state_key(strength=self.strength, num_directions=self.num_directions)
-
-    @staticmethod
-    def _weights_of(pl_module: pl.LightningModule) -> list[torch.nn.Parameter]:
-        return [p for p in pl_module.parameters() if p.requires_grad and p.dim() >= 2]
-
-    @override
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._weights_of(pl_module):
-            raise ValueError("DCO constrains weight matrices (2+ dims): the module has no trainable one.")
-        if not pl_module.automatic_optimization:
-            rank_zero_warn("DCO is designed for automatic optimization; with manual optimization every step() counts.")
-
-    # ------------------------------------------------------------------ per step
-    @override
-    def on_before_optimizer_step(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
-    ) -> None:
-        weights = self._weights_of(pl_module)
-        raw = [p.grad for p in weights]
-        if all(g is not None for g in raw):
-            grads = [_as_matrix(g.detach()).to(torch.float32).cpu().clone() for g in raw if g is not None]
-            if all(bool(torch.isfinite(g).all()) for g in grads):  # NaN/inf gradients never feed the autoencoder
-                self._gradients.append(grads)
-        self._weights.append([_as_matrix(p.detach()).to(torch.float32).cpu().clone() for p in weights])
-        if not self.tasks or self.strength == 0:
-            return
-        penalty, grads = self._penalty_and_grads(weights)
-        norm = math.sqrt(sum(float(g.pow(2).sum()) for g in grads))
-        scale = 1.0
-        if self.penalty_grad_clip > 0 and norm > self.penalty_grad_clip:
-            scale = self.penalty_grad_clip / norm
-        for p, g in zip(weights, grads):
-            update = (g * scale).reshape(p.shape).to(dtype=p.dtype, device=p.device)
-            if p.grad is None:
-                p.grad = update
-            else:
-                p.grad.add_(update)
-        self.last_penalty = penalty
-        pl_module.log("dco/penalty", penalty, on_step=True, on_epoch=False)
-
-    def _penalty_and_grads(self, weights: list[torch.nn.Parameter]) -> tuple[float, list[torch.Tensor]]:
-        """``strength * sum_t ||E_t(theta - theta*_t)||^2`` and its gradient per layer (closed form)."""
-        current = [_as_matrix(p.detach()).to(torch.float32).cpu() for p in weights]
-        grads = [torch.zeros_like(w) for w in current]
-        penalty = 0.0
-        for task in self.tasks:
-            deltas = [w - c for w, c in zip(current, task["centre"])]
-            z = torch.stack(
-                [torch.einsum("kr,rc,kc->k", u, d, v) for u, d, v in zip(task["u"], deltas, task["v"])]
-            ).sum(0)
-            penalty += self.strength * float(z.pow(2).sum())
-            for i, (u, v) in enumerate(zip(task["u"], task["v"])):
-                grads[i] += 2.0 * self.strength * torch.einsum("k,kr,kc->rc", z, u, v)
-        return penalty, grads
-
-    @override
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        step = trainer.global_step
-        if step in self.boundaries and step not in self.consolidation_steps:
-            self.consolidate(step, skip=0, pl_module=pl_module)
-
-    def on_task_shift(self, trainer: pl.Trainer, pl_module: pl.LightningModule, info: dict[str, Any]) -> None:
-        """Called by :class:`~lightning_autoopt.callbacks.TaskShiftDetector` when it detects a new task."""
-        step = int(info.get("step", trainer.global_step))
-        if step not in self.consolidation_steps:
-            self.consolidate(step, skip=self.skip_recent, pl_module=pl_module)
-
-    def consolidate(self, step: int, skip: int = 0, pl_module: pl.LightningModule | None = None) -> None:
-        """Close the current task: store its centre and learn its forbidden directions from recent gradients.
-
-        The centre is the module's current weights when ``skip == 0`` and ``pl_module`` is given, else the weights
-        recorded ``skip`` optimizer steps ago.
-        """
-        grads = list(self._gradients)[: len(self._gradients) - skip] if skip else list(self._gradients)
-        weights = list(self._weights)
-        if len(grads) < 2 or not weights:
-            rank_zero_warn(f"DCO: too few gradients at step {step} to learn directions; task boundary skipped.")
-            return
-        if skip == 0 and pl_module is not None:
-            centre = [_as_matrix(p.detach()).to(torch.float32).cpu().clone() for p in self._weights_of(pl_module)]
-        else:
-            centre = weights[max(len(weights) - 1 - skip, 0)]
-        layers = len(grads[0])
-        first = [torch.stack([g[i] for g in grads[:-1]]) for i in range(layers)]
-        diffs = [torch.stack([b[i] - a[i] for a, b in zip(grads[:-1], grads[1:])]) for i in range(layers)]
-        samples = [torch.cat([f, d]) for f, d in zip(first, diffs)]
-        with torch.enable_grad():
-            directions = fit_direction_autoencoder(
-                samples, self.num_directions, self.ae_steps, self.ae_lr, self.seed + len(self.tasks)
-            )
-        self.tasks.append(
-            {
-                "centre": [c.clone() for c in centre],
-                "u": [u for u, _ in directions],
-                "v": [v for _, v in directions],
-            }
-        )
-        self.consolidation_steps.append(step)
-        self._gradients.clear()
-        rank_zero_info(f"[DCO] task {len(self.tasks)} consolidated at step {step} ({self.num_directions} directions).")
-
-    # ------------------------------------------------------------------ report
-    @override
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        datamodule = getattr(trainer, "datamodule", None)
-        if not self.report or datamodule is None or not hasattr(datamodule, "eval_tensors"):
-            return
-        x, y, t = datamodule.eval_tensors()
-        was_training = pl_module.training
-        pl_module.eval()
-        with torch.no_grad():
-            logits = torch.cat([pl_module(x[i : i + 1024].to(pl_module.device)).cpu() for i in range(0, len(x), 1024)])
-        pl_module.train(was_training)
-        per_task = accuracy_per_task(logits.argmax(1), y, t)
-        self.final_metrics = {f"acc_task{k}": v for k, v in per_task.items()}
-        self.final_metrics["class_il_acc"] = (logits.argmax(1) == y).float().mean().item()
-        classes = getattr(datamodule, "task_classes", None)
-        if classes is not None:
-            masked = task_mask_logits(logits, t, classes)
-            self.final_metrics["task_il_acc"] = (masked.argmax(1) == y).float().mean().item()
-        self.final_metrics["consolidated_tasks"] = float(len(self.tasks))
-        rank_zero_info("[DCO] " + ", ".join(f"{k}={v:.4f}" for k, v in self.final_metrics.items()))
-
-    # ------------------------------------------------------------------ persistence
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "gradients": list(self._gradients),
-            "weights": list(self._weights),
-            "tasks": self.tasks,
-            "consolidation_steps": list(self.consolidation_steps),
-        }
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._gradients = deque(state_dict["gradients"], maxlen=self.num_gradients)
-        self._weights = deque(state_dict["weights"], maxlen=self.skip_recent + 1)
-        self.tasks = list(state_dict["tasks"])
-        self.consolidation_steps = [int(s) for s in state_dict["consolidation_steps"]]
+    grads = [torch.zeros_like(w) for w in current]
+    penalty = 0.0
+    for task in tasks:
+        deltas = [w - c for w, c in zip(current, task["centre"])]
+        z = torch.stack([torch.einsum("kr,rc,kc->k", u, d, v) for u, d, v in zip(task["u"], deltas, task["v"])]).sum(0)
+        penalty += strength * float(z.pow(2).sum())
+        for i, (u, v) in enumerate(zip(task["u"], task["v"])):
+            grads[i] += 2.0 * strength * torch.einsum("k,kr,kc->rc", z, u, v)
+    return penalty, grads

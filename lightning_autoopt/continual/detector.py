@@ -10,7 +10,72 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from dataclasses import dataclass, replace
 from typing import Any
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Settings of the task-shift test, stated once for the detector, the callback and TAME.
+
+    :class:`LossShiftDetector` takes a config; :class:`~lightning_autoopt.callbacks.TaskShiftDetector` and
+    :class:`~lightning_autoopt.continual.TAME` take the same names as ``__init__`` arguments (YAML-friendly), with
+    the defaults of :data:`DETECTOR_DEFAULTS`, and build one.
+
+    Attributes:
+        window: Number of recent trained-on losses that define the threshold (TAME split-MNIST: 35).
+        ema_alpha: Weight of the newest loss in the EMA, ``s <- alpha * loss + (1 - alpha) * s`` (TAME: 0.2).
+        k_sigma: Number of standard deviations above the window mean that counts as a shift (TAME: 3).
+        std_floor: Lower bound on the window's std, so a very flat loss does not make the test hair-trigger
+            (TAME: 0.005).
+        min_history: The test stays silent until the window holds at least this many losses (after a start or a
+            shift). TAME's code tests from the first batch; a few batches of warm-up avoid firing on the noisy
+            first steps of a new task. Use 1 to reproduce the reference.
+        initial_loss: Seed of the window and the EMAs, e.g. ``ln(num_classes)`` (the loss of a uniform guess), as
+            TAME does for a fresh expert. ``None`` seeds them with the first finite loss seen instead.
+        lag: A recorded loss joins the window only ``lag`` records later. In TAME's code (``lag=0``) the first
+            losses of a new task enter the window at once and raise the threshold faster than the EMA (alpha 0.2)
+            rises, so a jump smaller than about ``5 * k * std`` can go unseen (measured: permuted MNIST-1D with an
+            MLP misses every boundary). With a lag, the EMA has ``lag`` batches to climb above a threshold that
+            still describes the old task; a jump of about ``1.2 * k * std`` is then detected within ``lag`` batches.
+
+    Raises:
+        ValueError: If a setting is out of range (the message names it).
+
+    Example::
+
+        config = DetectorConfig(window=35, lag=0)
+        detector = LossShiftDetector(config)
+    """
+
+    window: int = 35
+    ema_alpha: float = 0.2
+    k_sigma: float = 3.0
+    std_floor: float = 0.005
+    min_history: int = 5
+    initial_loss: float | None = None
+    lag: int = 10
+
+    def __post_init__(self) -> None:
+        window, min_history, lag = self.window, self.min_history, self.lag
+        if int(window) != window or window < 2:
+            raise ValueError(f"`window` must be an integer >= 2, got {window!r}.")
+        if not 0.0 < self.ema_alpha <= 1.0:
+            raise ValueError(f"`ema_alpha` must be in (0, 1], got {self.ema_alpha!r}.")
+        if not self.k_sigma > 0.0:
+            raise ValueError(f"`k_sigma` must be > 0, got {self.k_sigma!r}.")
+        if not self.std_floor >= 0.0:
+            raise ValueError(f"`std_floor` must be >= 0, got {self.std_floor!r}.")
+        if int(min_history) != min_history or not 1 <= min_history <= window:
+            raise ValueError(f"`min_history` must be an integer in [1, window={window}], got {min_history!r}.")
+        if int(lag) != lag or lag < 0:
+            raise ValueError(f"`lag` must be an integer >= 0 (0 = TAME's code), got {lag!r}.")
+        if self.initial_loss is not None and not math.isfinite(self.initial_loss):
+            raise ValueError(f"`initial_loss` must be finite or None, got {self.initial_loss!r}.")
+
+
+DETECTOR_DEFAULTS = DetectorConfig()
+"""The default settings; callers' signatures take their defaults from here so they are stated once."""
 
 
 class LossShiftDetector:
@@ -24,23 +89,12 @@ class LossShiftDetector:
       :meth:`record` after the expert trained on a batch, :meth:`fits` / :meth:`reactivate` to re-use an expert.
 
     Args:
-        window: Number of recent trained-on losses that define the threshold (TAME split-MNIST: 35).
-        ema_alpha: Weight of the newest loss in the EMA, ``s <- alpha * loss + (1 - alpha) * s`` (TAME: 0.2).
-        k_sigma: Number of standard deviations above the window mean that counts as a shift (TAME: 3).
-        std_floor: Lower bound on the window's std, so a very flat loss does not make the test hair-trigger (0.005).
-        min_history: The test stays silent until the window holds at least this many losses (after a start or a
-            shift). TAME's code tests from the first batch; a few batches of warm-up avoid firing on the noisy
-            first steps of a new task. Use 1 to reproduce the reference.
-        initial_loss: Seed of the window and the EMAs, e.g. ``ln(num_classes)`` (the loss of a uniform guess), as
-            TAME does for a fresh expert. ``None`` seeds them with the first finite loss seen instead.
-        lag: A recorded loss joins the window only ``lag`` records later. In TAME's code (``lag=0``) the first
-            losses of a new task enter the window at once and raise the threshold faster than the EMA (alpha 0.2)
-            rises, so a jump smaller than about ``5 * k * std`` can go unseen (measured: permuted MNIST-1D with an
-            MLP misses every boundary). With a lag, the EMA has ``lag`` batches to climb above a threshold that
-            still describes the old task; a jump of about ``1.2 * k * std`` is then detected within ``lag`` batches.
+        config: The test's settings (default: :data:`DETECTOR_DEFAULTS`).
+        **settings: Fields of :class:`DetectorConfig` overriding ``config`` (``window=35, lag=0``, ...).
 
     Raises:
-        ValueError: If an argument is out of range.
+        ValueError: If a setting is out of range.
+        TypeError: If a setting has an unknown name.
 
     Example::
 
@@ -50,37 +104,16 @@ class LossShiftDetector:
                 print("new task at", detector.steps)
     """
 
-    def __init__(
-        self,
-        window: int = 35,
-        ema_alpha: float = 0.2,
-        k_sigma: float = 3.0,
-        std_floor: float = 0.005,
-        min_history: int = 5,
-        initial_loss: float | None = None,
-        lag: int = 10,
-    ) -> None:
-        if int(window) != window or window < 2:
-            raise ValueError(f"`window` must be an integer >= 2, got {window!r}.")
-        if not 0.0 < ema_alpha <= 1.0:
-            raise ValueError(f"`ema_alpha` must be in (0, 1], got {ema_alpha!r}.")
-        if not k_sigma > 0.0:
-            raise ValueError(f"`k_sigma` must be > 0, got {k_sigma!r}.")
-        if not std_floor >= 0.0:
-            raise ValueError(f"`std_floor` must be >= 0, got {std_floor!r}.")
-        if int(min_history) != min_history or not 1 <= min_history <= window:
-            raise ValueError(f"`min_history` must be an integer in [1, window={window}], got {min_history!r}.")
-        if int(lag) != lag or lag < 0:
-            raise ValueError(f"`lag` must be an integer >= 0 (0 = TAME's code), got {lag!r}.")
-        if initial_loss is not None and not math.isfinite(initial_loss):
-            raise ValueError(f"`initial_loss` must be finite or None, got {initial_loss!r}.")
-        self.window_size = int(window)
-        self.ema_alpha = float(ema_alpha)
-        self.k_sigma = float(k_sigma)
-        self.std_floor = float(std_floor)
-        self.min_history = int(min_history)
-        self.initial_loss = initial_loss
-        self.lag = int(lag)
+    def __init__(self, config: DetectorConfig | None = None, **settings: Any) -> None:
+        config = replace(config or DETECTOR_DEFAULTS, **settings)
+        self.config = config
+        self.window_size = int(config.window)
+        self.ema_alpha = float(config.ema_alpha)
+        self.k_sigma = float(config.k_sigma)
+        self.std_floor = float(config.std_floor)
+        self.min_history = int(config.min_history)
+        self.initial_loss = config.initial_loss
+        self.lag = int(config.lag)
         self.window: deque[float] = deque(maxlen=self.window_size)
         self.pending: deque[float] = deque()  # recorded losses waiting `lag` records to join the window
         self.smoothed: float | None = None  # EMA over every batch observed (TAME: all_smoothed)
@@ -90,7 +123,7 @@ class LossShiftDetector:
         self.num_shifts = 0
         self.num_nonfinite = 0
         self.last_shift: dict[str, float] = {}
-        self.reset(initial_loss)
+        self.reset(self.initial_loss)
 
     # ------------------------------------------------------------------ primitives (per-expert use)
     def reset(self, seed_loss: float | None = None) -> None:

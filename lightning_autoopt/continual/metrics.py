@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from torch import nn
 
 
 def boundaries_from_task_ids(task_ids: Sequence[int], steps: Sequence[int] | None = None) -> list[int]:
@@ -95,3 +96,63 @@ def forgetting(accuracy_matrix: Sequence[Sequence[float]]) -> float:
         best = max(accuracy_matrix[i][j] for i in range(j, n - 1))
         drops.append(best - accuracy_matrix[n - 1][j])
     return sum(drops) / len(drops)
+
+
+@torch.no_grad()
+def predict_in_chunks(
+    model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 1024
+) -> torch.Tensor:
+    """``model(x)`` in chunks of ``batch_size`` on the model's device, in eval mode, returned on the CPU.
+
+    An ``nn.Module`` is put in eval mode for the call and back in its previous mode afterwards.
+    """
+    module = model if isinstance(model, nn.Module) else None
+    params = list(module.parameters()) if module is not None else []
+    device = params[0].device if params else x.device
+    was_training = module.training if module is not None else False
+    if module is not None:
+        module.eval()
+    try:
+        outs = [model(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
+    finally:
+        if module is not None:
+            module.train(was_training)
+    return torch.cat(outs) if outs else torch.zeros(0)
+
+
+def evaluate_tasks(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    task_ids: torch.Tensor,
+    task_classes: Sequence[Sequence[int]] | None = None,
+    batch_size: int = 1024,
+) -> dict[str, float]:
+    """Score ``model`` on the evaluation sets of all tasks: the one per-task evaluation of DCO, TAME and benchmarks.
+
+    Args:
+        model: Any callable returning logits over all classes (a LightningModule, TAME's routed forward, ...).
+        x: Inputs of every task's evaluation set, concatenated (e.g. ``TaskStreamDataModule.eval_tensors()``).
+        y: Labels (global class indices).
+        task_ids: True task of each sample.
+        task_classes: Classes of each task; when given, task-IL accuracy is reported too.
+        batch_size: Samples per forward pass.
+
+    Returns:
+        ``class_il_acc`` (argmax over all classes), ``task_il_acc`` (argmax over the sample's task's classes; only
+        with ``task_classes``) and ``acc_task{t}`` (class-IL accuracy on task ``t``'s samples).
+
+    Example::
+
+        scores = evaluate_tasks(model, *datamodule.eval_tensors(), task_classes=datamodule.task_classes)
+        scores["class_il_acc"], scores["acc_task0"]
+    """
+    logits = predict_in_chunks(model, x, batch_size)
+    predictions = logits.argmax(1)
+    y, task_ids = y.cpu(), task_ids.cpu()
+    out = {"class_il_acc": (predictions == y).float().mean().item()}
+    if task_classes is not None:
+        masked = task_mask_logits(logits, task_ids, task_classes)
+        out["task_il_acc"] = (masked.argmax(1) == y).float().mean().item()
+    out.update({f"acc_task{t}": v for t, v in accuracy_per_task(predictions, y, task_ids).items()})
+    return out

@@ -16,8 +16,8 @@ from typing_extensions import override
 
 from lightning_autoopt.continual._experts import build_module, check_spec
 from lightning_autoopt.continual.buffer import ReservoirBuffer
-from lightning_autoopt.continual.detector import LossShiftDetector
-from lightning_autoopt.continual.metrics import match_detections, task_mask_logits
+from lightning_autoopt.continual.detector import DETECTOR_DEFAULTS, DetectorConfig, LossShiftDetector
+from lightning_autoopt.continual.metrics import evaluate_tasks, match_detections, predict_in_chunks, task_mask_logits
 from lightning_autoopt.continual.pruning import global_magnitude_prune, make_pruning_permanent, sparsity
 
 _BUFFER_MODES = ("class_balanced", "reservoir")
@@ -61,13 +61,9 @@ class TAME(pl.LightningModule):
         weight_decay: Expert weight decay (TAME: 5e-4).
         lr_milestones: Expert step counts at which its LR is multiplied by ``lr_gamma`` (``None``: constant).
         lr_gamma: LR factor at each milestone (TAME: 0.2).
-        window: Detector window (TAME split-MNIST: 35).
-        ema_alpha: Detector EMA weight (TAME: 0.2).
-        k_sigma: Detector threshold in standard deviations (TAME: 3).
-        std_floor: Detector std floor (TAME: 0.005).
-        min_history: Losses an expert needs in its window before its test may fire.
-        lag: Steps a loss waits before it joins the window (0 = TAME's code; see
-            :class:`~lightning_autoopt.continual.LossShiftDetector`).
+        window, ema_alpha, k_sigma, std_floor, min_history, lag: Settings of every expert's shift test, documented
+            once in :class:`~lightning_autoopt.continual.DetectorConfig` (each expert's detector is seeded with
+            ``initial_loss = ln(num_classes)``, the loss of a uniform guess).
         sigmoid_logits: Apply ``sigmoid`` to the logits before the cross-entropy, as TAME's code does (bounds the
             loss, which changes the detector's statistics).
         max_experts: Cap on the pool; at the cap a shift re-uses the expert with the lowest tentative EMA.
@@ -106,12 +102,12 @@ class TAME(pl.LightningModule):
         weight_decay: float = 5e-4,
         lr_milestones: list[int] | None = None,
         lr_gamma: float = 0.2,
-        window: int = 35,
-        ema_alpha: float = 0.2,
-        k_sigma: float = 3.0,
-        std_floor: float = 0.005,
-        min_history: int = 5,
-        lag: int = 10,
+        window: int = DETECTOR_DEFAULTS.window,
+        ema_alpha: float = DETECTOR_DEFAULTS.ema_alpha,
+        k_sigma: float = DETECTOR_DEFAULTS.k_sigma,
+        std_floor: float = DETECTOR_DEFAULTS.std_floor,
+        min_history: int = DETECTOR_DEFAULTS.min_history,
+        lag: int = DETECTOR_DEFAULTS.lag,
         sigmoid_logits: bool = False,
         max_experts: int = 20,
         buffer_size: int = 1000,
@@ -151,8 +147,16 @@ class TAME(pl.LightningModule):
         if input_shape is not None and (len(input_shape) < 1 or any(int(s) < 1 for s in input_shape)):
             raise ValueError(f"`input_shape` must be a list of positive sizes, e.g. [1, 40], got {input_shape}.")
         self.save_hyperparameters()
-        # Validates the detector arguments eagerly (the same arguments build every expert's detector).
-        self._make_detector()
+        # Validates the detector settings eagerly (the same settings build every expert's detector).
+        self.detector_config = DetectorConfig(
+            window=window,
+            ema_alpha=ema_alpha,
+            k_sigma=k_sigma,
+            std_floor=std_floor,
+            min_history=min_history,
+            initial_loss=math.log(num_classes),
+            lag=lag,
+        )
         self.automatic_optimization = False
         self.input_shape = None if input_shape is None else [int(s) for s in input_shape]
         self.experts = nn.ModuleList()
@@ -176,16 +180,7 @@ class TAME(pl.LightningModule):
 
     # ------------------------------------------------------------------ experts
     def _make_detector(self) -> LossShiftDetector:
-        h = self._hp
-        return LossShiftDetector(
-            window=h.window,
-            ema_alpha=h.ema_alpha,
-            k_sigma=h.k_sigma,
-            std_floor=h.std_floor,
-            min_history=h.min_history,
-            initial_loss=math.log(h.num_classes),
-            lag=h.lag,
-        )
+        return LossShiftDetector(self.detector_config)
 
     def _build(self, spec: str | dict[str, Any], outputs: int, index: int) -> nn.Module:
         if self.input_shape is None:
@@ -415,29 +410,29 @@ class TAME(pl.LightningModule):
     def evaluate(
         self, x: torch.Tensor, y: torch.Tensor, task_ids: torch.Tensor, task_classes: list[list[int]]
     ) -> dict[str, float]:
-        """Class-IL accuracy, task-IL accuracy with the inferred expert, oracle task-IL and selector accuracy."""
+        """Class-IL and task-IL accuracy (routed through the selector), oracle task-IL and selector accuracy.
+
+        The accuracies are :func:`~lightning_autoopt.continual.metrics.evaluate_tasks` of the routed forward
+        (``acc_task{t}`` included); ``selector_acc`` compares the routing with the expert that was active for most
+        of each task's batches, and ``oracle_task_il_acc`` uses that expert for every sample of the task.
+        """
+        out = evaluate_tasks(self, x, y, task_ids, task_classes)
+        out["num_experts"] = float(self.num_experts)
+        mapping = self.expert_of_task()
+        if not mapping:
+            return out
         was_training = self.training
         self.eval()
         x, y, task_ids = x.to(self.device), y.to(self.device), task_ids.to(self.device)
-        logits, chosen = [], []
-        for i in range(0, len(x), 1024):
-            lg, ch = self.predict_with_routing(x[i : i + 1024])
-            logits.append(lg)
-            chosen.append(ch)
-        lg_all, ch_all = torch.cat(logits), torch.cat(chosen)
-        class_il = (lg_all.argmax(1) == y).float().mean().item()
-        task_il = (task_mask_logits(lg_all, task_ids, task_classes).argmax(1) == y).float().mean().item()
-        mapping = self.expert_of_task()
-        out = {"class_il_acc": class_il, "task_il_acc": task_il, "num_experts": float(self.num_experts)}
-        if mapping:
-            oracle_expert = torch.tensor([mapping.get(int(t), 0) for t in task_ids.tolist()], device=x.device)
-            out["selector_acc"] = (ch_all == oracle_expert).float().mean().item()
-            oracle_logits = torch.empty_like(lg_all)
-            for e in torch.unique(oracle_expert).tolist():
-                m = oracle_expert == e
-                oracle_logits[m] = self.experts[e](x[m]).to(lg_all.dtype)
-            masked = task_mask_logits(oracle_logits, task_ids, task_classes)
-            out["oracle_task_il_acc"] = (masked.argmax(1) == y).float().mean().item()
+        chosen = predict_in_chunks(self.route, x).to(self.device)
+        oracle_expert = torch.tensor([mapping.get(int(t), 0) for t in task_ids.tolist()], device=x.device)
+        out["selector_acc"] = (chosen == oracle_expert).float().mean().item()
+        oracle_logits = torch.empty(len(x), self._hp.num_classes, device=x.device)
+        for e in torch.unique(oracle_expert).tolist():
+            m = oracle_expert == e
+            oracle_logits[m] = self.experts[e](x[m]).to(oracle_logits.dtype)
+        masked = task_mask_logits(oracle_logits, task_ids, task_classes)
+        out["oracle_task_il_acc"] = (masked.argmax(1) == y).float().mean().item()
         self.train(was_training)
         return out
 

@@ -1,5 +1,6 @@
-"""Small reference LightningModules used by the recipes, benchmarks and docs."""
+"""Small reference LightningModules and the network builders used by the recipes, TAME, benchmarks and docs."""
 
 from lightning_autoopt.models.classifier import Classifier
+from lightning_autoopt.models.nets import ARCHS, build_for_input, build_network
 
-__all__ = ["Classifier"]
+__all__ = ["ARCHS", "Classifier", "build_for_input", "build_network"]

@@ -10,7 +10,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
-from lightning_autoopt.models._nets import ARCHS, build_network
+from lightning_autoopt.models.nets import ARCHS, build_network
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("cosine", "step", "multistep", "plateau")

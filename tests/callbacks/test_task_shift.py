@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from lightning_autoopt.callbacks import TaskShiftDetector
+from lightning_autoopt.callbacks import TaskShiftAwareModule, TaskShiftDetector, TaskShiftListener
 from tests.helpers import TinyClassifier, make_blobs
 
 BATCHES_PER_TASK = 60
@@ -60,6 +60,11 @@ def _trainer(tmp_path, **kwargs):
     )
     defaults.update(kwargs)
     return pl.Trainer(**defaults)
+
+
+def test_listeners_are_found_through_the_declared_protocols():
+    assert isinstance(ShiftRecorder(), TaskShiftAwareModule) and not isinstance(TinyClassifier(), TaskShiftAwareModule)
+    assert not isinstance(TaskShiftDetector(), TaskShiftListener)
 
 
 def test_fires_within_a_few_steps_of_the_task_change_and_calls_the_module(tmp_path):

@@ -1,10 +1,12 @@
+import dataclasses
 import math
 import random
 
 import pytest
+import torch
 
-from lightning_autoopt.continual.detector import LossShiftDetector
-from lightning_autoopt.continual.metrics import boundaries_from_task_ids, forgetting, match_detections
+from lightning_autoopt.continual.detector import DETECTOR_DEFAULTS, DetectorConfig, LossShiftDetector
+from lightning_autoopt.continual.metrics import boundaries_from_task_ids, evaluate_tasks, forgetting, match_detections
 
 
 def _noisy(rng: random.Random, level: float, sigma: float, n: int) -> list[float]:
@@ -105,3 +107,52 @@ def test_match_detections_and_forgetting():
     out = match_detections([], [5], max_delay=5)
     assert out["missed"] == 1 and out["mean_delay"] is None
     assert forgetting([[1.0, 0.0], [0.5, 0.9]]) == pytest.approx(0.5)
+
+
+def test_one_detector_config_for_the_core_the_callback_and_tame():
+    import inspect
+
+    from lightning_autoopt.callbacks import TaskShiftDetector
+    from lightning_autoopt.continual import TAME
+
+    fields = [f.name for f in dataclasses.fields(DetectorConfig)]
+    for cls in (TaskShiftDetector, TAME):
+        params = inspect.signature(cls).parameters
+        for name in fields:
+            if name in params:  # TAME seeds initial_loss itself
+                assert params[name].default == getattr(DETECTOR_DEFAULTS, name), (cls, name)
+    assert TaskShiftDetector(window=4, min_history=2, lag=0).config == DetectorConfig(window=4, min_history=2, lag=0)
+    assert TaskShiftDetector().detector.config == DETECTOR_DEFAULTS
+    tame = TAME(num_classes=10, window=6, min_history=2)
+    assert tame.detector_config == DetectorConfig(window=6, min_history=2, initial_loss=math.log(10))
+    det = LossShiftDetector(DetectorConfig(window=4, min_history=1), lag=0)
+    assert (det.window_size, det.lag, det.config.window) == (4, 0, 4)
+    for cls in (TaskShiftDetector, TAME):
+        with pytest.raises(ValueError, match="ema_alpha"):
+            cls(ema_alpha=2.0)
+    with pytest.raises(TypeError):
+        LossShiftDetector(windw=3)
+
+
+class _Lookup(torch.nn.Module):
+    """Logits = a fixed table row per sample index stored in x."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        self.table = torch.nn.Parameter(table, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.table[x.long()]
+
+
+def test_evaluate_tasks_class_il_task_il_and_per_task():
+    # 4 samples, 4 classes; tasks: {0, 1} and {2, 3}
+    table = torch.tensor([[0.9, 0.1, 0.0, 0.0], [0.0, 0.1, 0.2, 0.8], [0.1, 0.2, 0.9, 0.0], [0.0, 0.3, 0.0, 0.1]])
+    x, y, t = torch.arange(4.0), torch.tensor([0, 1, 2, 3]), torch.tensor([0, 0, 1, 1])
+    model = _Lookup(table).train()
+    out = evaluate_tasks(model, x, y, t, task_classes=[[0, 1], [2, 3]], batch_size=3)
+    assert out["class_il_acc"] == 0.5  # samples 0 and 2
+    assert out["task_il_acc"] == 1.0  # masking to the task's classes fixes samples 1 and 3
+    assert (out["acc_task0"], out["acc_task1"]) == (0.5, 0.5)
+    assert model.training  # mode restored
+    assert "task_il_acc" not in evaluate_tasks(model, x, y, t)

@@ -1,15 +1,22 @@
-"""Private network builders for :class:`~lightning_autoopt.models.Classifier`: small CNN, MLP and ResNet in 1-D or 2-D.
+"""Network builders shared by :class:`~lightning_autoopt.models.Classifier`, TAME's experts and the benchmarks.
 
-Every builder works on inputs of shape ``(B, in_channels, L)`` (``dims=1``) or ``(B, in_channels, L, L)``
-(``dims=2``). Convolutions use kernel 5 in 1-D (signals such as MNIST-1D need a wider view per layer) and 3×3 in 2-D.
+Small CNN, MLP and ResNet in 1-D or 2-D. Every network works on inputs of shape ``(B, in_channels, L)`` (``dims=1``)
+or ``(B, in_channels, L, L)`` (``dims=2``). Convolutions use kernel 5 in 1-D (signals such as MNIST-1D need a wider
+view per layer) and 3×3 in 2-D. :func:`build_network` takes the dimensions explicitly; :func:`build_for_input`
+reads them from one sample's shape.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
+__all__ = ["ARCHS", "build_for_input", "build_network"]
+
 ARCHS = ("cnn", "mlp", "resnet")
+"""The architecture names :func:`build_network` knows."""
 
 
 def _conv(dims: int, in_ch: int, out_ch: int, stride: int = 1, bias: bool = True) -> nn.Module:
@@ -126,7 +133,23 @@ class _ResNet(nn.Module):
 def build_network(
     arch: str, dims: int, input_shape: tuple[int, ...], num_classes: int, width: int, depth: int
 ) -> nn.Module:
-    """Build the network named ``arch`` (one of :data:`ARCHS`) for inputs of shape ``input_shape`` (no batch dim)."""
+    """Build the network named ``arch`` (one of :data:`ARCHS`) for inputs of shape ``input_shape`` (no batch dim).
+
+    Args:
+        arch: ``"cnn"``, ``"mlp"`` or ``"resnet"``.
+        dims: 1 for signals ``(C, L)``, 2 for images ``(C, L, L)``.
+        input_shape: Shape of one input without the batch dimension.
+        num_classes: Outputs of the network.
+        width: Base channel count (conv nets) or a quarter of the hidden units (MLP).
+        depth: Basic blocks per stage (``"resnet"`` only).
+
+    Raises:
+        ValueError: For an unknown ``arch``.
+
+    Example::
+
+        net = build_network("cnn", 1, (1, 40), num_classes=10, width=32, depth=1)
+    """
     if arch == "cnn":
         return _ConvNet(dims, input_shape, num_classes, width)
     if arch == "mlp":
@@ -134,3 +157,16 @@ def build_network(
     if arch == "resnet":
         return _ResNet(dims, input_shape, num_classes, width, depth)
     raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}.")
+
+
+def build_for_input(
+    arch: str, input_shape: Sequence[int], num_classes: int, width: int = 32, depth: int = 1
+) -> nn.Module:
+    """:func:`build_network` for inputs of shape ``input_shape`` (no batch dim): ``dims = len(input_shape) - 1``.
+
+    Example::
+
+        net = build_for_input("mlp", [1, 64], num_classes=10, width=16)  # digits: 1 channel, 64 steps
+    """
+    shape = tuple(int(s) for s in input_shape)
+    return build_network(arch, len(shape) - 1, shape, num_classes, width, depth)
