@@ -22,7 +22,7 @@ from lightning_autoopt.landscape.measures import (
     pac_bayes,
     shannon,
 )
-from lightning_autoopt.landscape.normalize import filter_normalized_copy, filter_scales
+from lightning_autoopt.landscape.normalize import filter_normalized_copy, filter_scales, to_normalized_coordinates
 from lightning_autoopt.landscape.registry import (
     MeasureInfo,
     check_measure_kwargs,
@@ -75,6 +75,7 @@ __all__ = [
     "rademacher",
     "shannon",
     "slq_density",
+    "to_normalized_coordinates",
     "top_eigenvalues",
     "tridiagonal_eigenvalues",
 ]

@@ -8,8 +8,12 @@ the deviations are listed in ``docs/methods/sharpness.md``.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
-from typing import Literal
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import Tensor
@@ -19,6 +23,95 @@ from lightning_autoopt.landscape.loss import LossFunctional
 from lightning_autoopt.landscape.spectrum import frobenius_norm, hutchinson_trace, top_eigenvalues
 
 _NAN = float("nan")
+_F = TypeVar("_F", bound=Callable[..., float])
+
+# What each argument name means wherever it appears: (check, what it must be). Choices (``method``, ``backend``,
+# ``target``) are read from each measure's ``Literal`` annotations instead, as they differ between measures.
+_COUNT = (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1")
+_OPTIONAL_COUNT = (lambda v: v is None or _COUNT[0](v), "an integer >= 1 or None")
+_POSITIVE = (lambda v: _real(v) and v > 0, "a finite number > 0")
+_NONNEGATIVE = (lambda v: _real(v) and v >= 0, "a finite number >= 0")
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "num_samples": _COUNT,
+    "mc_samples": _COUNT,
+    "max_iter": _COUNT,
+    "num_probes": _COUNT,
+    "block_size": _COUNT,
+    "num_steps": _COUNT,
+    "max_batches": _OPTIONAL_COUNT,
+    "num_train_samples": _OPTIONAL_COUNT,
+    "sigma": _NONNEGATIVE,
+    "noise": _NONNEGATIVE,
+    "gamma": _NONNEGATIVE,
+    "eps": _POSITIVE,
+    "tol": _POSITIVE,
+    "lr": _POSITIVE,
+    "sigma_min": _POSITIVE,
+    "sigma_max": _POSITIVE,
+    "delta": (lambda v: _real(v) and 0 < v < 1, "a number in (0, 1)"),
+    "ema": (lambda v: _real(v) and 0 <= v < 1, "a number in [0, 1)"),
+}
+
+
+def _real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_measure_arguments(fn: Callable[..., float], values: Mapping[str, Any]) -> None:
+    """Validate argument values of the measure ``fn`` (the one check behind every entry point).
+
+    ``compute_measure``, ``SharpnessProbe(measure_kwargs=...)`` (at construction) and direct calls of the measure
+    functions all go through it, so a bad value fails before any loss pass, with a message naming the argument.
+
+    Args:
+        fn: A measure function of this module.
+        values: Argument name -> value (only the names given are checked; unknown names are ignored here).
+
+    Raises:
+        ValueError: If a value is out of range or not one of the choices of its ``Literal`` annotation.
+    """
+    hints = _hints(fn)
+    for name, value in values.items():
+        choices = typing.get_args(hints[name]) if typing.get_origin(hints.get(name)) is Literal else None
+        if choices is not None and value not in choices:
+            raise ValueError(f"`{name}` of {fn.__name__} must be one of {choices}, got {value!r}.")
+        rule = _RULES.get(name)
+        if rule is not None and not rule[0](value):
+            raise ValueError(f"`{name}` of {fn.__name__} must be {rule[1]}, got {value!r}.")
+    low = values.get("sigma_min", _defaults(fn).get("sigma_min"))
+    high = values.get("sigma_max", _defaults(fn).get("sigma_max"))
+    if low is not None and high is not None and not low < high:
+        raise ValueError(f"`sigma_min` of {fn.__name__} must be below `sigma_max`, got {low!r} and {high!r}.")
+
+
+@functools.cache
+def _hints(fn: Callable[..., float]) -> dict[str, Any]:
+    return typing.get_type_hints(getattr(fn, "__wrapped__", fn))
+
+
+@functools.cache
+def _defaults(fn: Callable[..., float]) -> dict[str, Any]:
+    params = inspect.signature(fn).parameters.values()
+    return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.default is not p.empty}
+
+
+def measure_defaults(fn: Callable[..., float]) -> dict[str, Any]:
+    """The tunable arguments of a measure and their defaults, read from its signature.
+
+    Keyword-only arguments with a default, except ``init_params`` (data, not a setting).
+    """
+    return {k: v for k, v in _defaults(fn).items() if k != "init_params"}
+
+
+def _checked(fn: _F) -> _F:
+    """Validate every call's keyword arguments with :func:`check_measure_arguments`."""
+
+    @functools.wraps(fn)
+    def wrapper(f: LossFunctional, **kwargs: Any) -> float:
+        check_measure_arguments(wrapper, kwargs)
+        return fn(f, **kwargs)
+
+    return typing.cast(_F, wrapper)
 
 
 def _noise_seed(generator: torch.Generator) -> int:
@@ -29,6 +122,7 @@ def _gaussian(dim: int, seed_gen: torch.Generator, like: Tensor) -> Tensor:
     return torch.randn(dim, generator=seed_gen, dtype=torch.float32).to(device=like.device, dtype=like.dtype)
 
 
+@_checked
 def lpf(f: LossFunctional, *, generator: torch.Generator, sigma: float = 0.01, num_samples: int = 100) -> float:
     """μ_LPF: Monte-Carlo estimate of E_u[L(θ + u)], u ~ N(0, σ² I) over all trainable parameters.
 
@@ -47,6 +141,7 @@ def lpf(f: LossFunctional, *, generator: torch.Generator, sigma: float = 0.01, n
     return total / num_samples
 
 
+@_checked
 def eps_sharpness(
     f: LossFunctional, *, generator: torch.Generator, eps: float = 0.1, tol: float = 1e-6, max_iter: int = 60
 ) -> float:
@@ -96,6 +191,7 @@ def eps_sharpness(
     return 1.0 / (eta * gnorm)
 
 
+@_checked
 def pac_bayes(
     f: LossFunctional,
     *,
@@ -133,14 +229,12 @@ def pac_bayes(
         num_train_samples: N in the bound (default: the number of samples in the batches).
 
     Raises:
-        ValueError: If ``init_params`` is missing or has the wrong length, or ``target`` is unknown.
+        ValueError: If ``init_params`` is missing or has the wrong length, or an argument is out of range.
     """
     if init_params is None:
         raise ValueError(
             "pac_bayes needs `init_params` (the flat initial weights θ₀); SharpnessProbe saves them at fit start."
         )
-    if target not in ("loss", "accuracy"):
-        raise ValueError(f"`target` must be 'loss' or 'accuracy', got {target!r}.")
     theta = f.get_flat()
     init = init_params.detach().to(device=theta.device, dtype=theta.dtype).reshape(-1)
     if init.numel() != theta.numel():
@@ -177,6 +271,7 @@ def pac_bayes(
     return distance_sq / (4.0 * sigma**2) + math.log(2.0 * n / delta)
 
 
+@_checked
 def hessian_top(
     f: LossFunctional,
     *,
@@ -191,6 +286,7 @@ def hessian_top(
     return top_eigenvalues(op, top_k=1, method=method, max_iter=max_iter, tol=tol, generator=generator)[0]
 
 
+@_checked
 def hessian_trace(
     f: LossFunctional,
     *,
@@ -205,6 +301,7 @@ def hessian_trace(
     return hutchinson_trace(op, num_probes=num_probes, block_size=block_size, method=method, generator=generator).value
 
 
+@_checked
 def hessian_fro(
     f: LossFunctional,
     *,
@@ -218,6 +315,7 @@ def hessian_fro(
     return frobenius_norm(op, num_probes=num_probes, block_size=block_size, generator=generator)
 
 
+@_checked
 def fisher_rao(f: LossFunctional, *, generator: torch.Generator, backend: HVPBackend = "autograd") -> float:
     """The reference's "Fisher-Rao norm": θᵀ H θ, with the *Hessian* (as coded in LPF-SGD), not the Fisher."""
     theta = f.get_flat()
@@ -225,11 +323,13 @@ def fisher_rao(f: LossFunctional, *, generator: torch.Generator, backend: HVPBac
     return float(theta @ hv)
 
 
+@_checked
 def shannon(f: LossFunctional, *, generator: torch.Generator) -> float:
     """Mean Shannon entropy (nats) of the model's softmax predictions on the batches."""
     return f.predictive_entropy()
 
 
+@_checked
 def local_entropy(
     f: LossFunctional,
     *,

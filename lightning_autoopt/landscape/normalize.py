@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_autoopt import _flat
+
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _SCALE = "_filter_scale"
 
@@ -94,3 +96,18 @@ def filter_scales(model: nn.Module) -> dict[str, Tensor]:
             else:
                 out[full] = torch.ones_like(p)
     return out
+
+
+def to_normalized_coordinates(model: nn.Module, flat: Tensor) -> Tensor:
+    """Carry a flat vector in the layout of ``model``'s trainable parameters into filter-normalised coordinates.
+
+    Divides element-wise by :func:`filter_scales`, i.e. applies to ``flat`` the rescaling
+    :func:`filter_normalized_copy` applies to the weights (e.g. the initial weights θ₀ of PAC-Bayes, so that
+    ``θ − θ₀`` is measured in the same coordinates as the normalised θ).
+
+    Returns:
+        A new tensor on the scales' device and dtype.
+    """
+    scales = filter_scales(model)
+    divisor = _flat.flatten([scales[n] for n, p in model.named_parameters() if p.requires_grad])
+    return flat.reshape(-1).to(divisor) / divisor

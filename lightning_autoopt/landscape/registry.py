@@ -1,7 +1,12 @@
-"""Registry of sharpness measures by name, with descriptive records of their defaults (timm-style)."""
+"""Registry of sharpness measures by name, with descriptive records (timm-style).
+
+Each record's defaults are read from its function's signature in :mod:`~lightning_autoopt.landscape.measures`, so
+they are stated once; argument values are checked by one function for every entry point.
+"""
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -11,9 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_autoopt import _flat
 from lightning_autoopt.landscape import measures as _m
 from lightning_autoopt.landscape.loss import Batch, LossFn, LossFunctional
-from lightning_autoopt.landscape.normalize import filter_normalized_copy, filter_scales
+from lightning_autoopt.landscape.normalize import filter_normalized_copy, to_normalized_coordinates
 from lightning_autoopt.landscape.snapshot import ParamSnapshot
 
 
@@ -24,7 +30,7 @@ class MeasureInfo:
     Attributes:
         name: Registry key, e.g. ``"lpf"``.
         fn: The pure function ``fn(functional, *, generator, **defaults) -> float``.
-        defaults: Keyword arguments and their default values (read-only).
+        defaults: Keyword arguments and their default values, read from ``fn``'s signature (read-only).
         description: One line: what the number means.
         cost: Rough cost in loss passes over the probe batches.
         needs_init: Whether the measure needs the initial weights (``init_params``).
@@ -40,8 +46,10 @@ class MeasureInfo:
     larger_is_sharper: bool = True
 
 
-def _info(name: str, fn: Callable[..., float], defaults: dict[str, Any], **kwargs: Any) -> MeasureInfo:
-    return MeasureInfo(name=name, fn=fn, defaults=MappingProxyType(defaults), **kwargs)
+def _info(name: str, fn: Callable[..., float], **kwargs: Any) -> MeasureInfo:
+    defaults = MappingProxyType(_m.measure_defaults(fn))
+    needs_init = "init_params" in inspect.signature(fn).parameters
+    return MeasureInfo(name=name, fn=fn, defaults=defaults, needs_init=needs_init, **kwargs)
 
 
 _REGISTRY: dict[str, MeasureInfo] = {
@@ -50,67 +58,48 @@ _REGISTRY: dict[str, MeasureInfo] = {
         _info(
             "lpf",
             _m.lpf,
-            {"sigma": 0.01, "num_samples": 100},
             description="Gaussian-smoothed loss E[L(θ+u)], u~N(0,σ²I) (Bisla et al. 2022)",
             cost="num_samples loss passes",
         ),
         _info(
             "eps_sharpness",
             _m.eps_sharpness,
-            {"eps": 0.1, "tol": 1e-6, "max_iter": 60},
             description="1/‖Δθ‖ of the gradient-direction step that raises the loss by eps",
             cost="1 gradient pass + ~20-60 loss passes",
         ),
         _info(
             "pac_bayes",
             _m.pac_bayes,
-            {
-                "target": "loss",
-                "eps": 0.1,
-                "mc_samples": 10,
-                "tol": 1e-3,
-                "delta": 1e-6,
-                "sigma_min": 1e-6,
-                "sigma_max": 100.0,
-                "max_iter": 30,
-                "num_train_samples": None,
-            },
             description="‖θ−θ₀‖²/(4σ²)+log(2N/δ), σ the noise level raising the loss (or error) by eps",
             cost="max_iter × mc_samples loss passes",
-            needs_init=True,
         ),
         _info(
             "hessian_top",
             _m.hessian_top,
-            {"backend": "autograd", "method": "lanczos", "max_iter": 100, "tol": 1e-3},
             description="largest Hessian eigenvalue λ_max",
             cost="≤ max_iter HVP passes (Lanczos usually stops after 10-30)",
         ),
         _info(
             "hessian_trace",
             _m.hessian_trace,
-            {"backend": "func", "num_probes": 100, "block_size": 10, "method": "hutchinson"},
             description="Hessian trace by Hutchinson (Rademacher) or Hutch++",
             cost="num_probes HVPs in blocks",
         ),
         _info(
             "hessian_fro",
             _m.hessian_fro,
-            {"backend": "func", "num_probes": 10, "block_size": 10},
             description="Hessian Frobenius norm sqrt(E‖Hv‖²)",
             cost="num_probes HVPs",
         ),
         _info(
             "fisher_rao",
             _m.fisher_rao,
-            {"backend": "autograd"},
             description="θᵀHθ (the reference's 'Fisher-Rao norm', computed with the Hessian)",
             cost="1 HVP pass",
         ),
         _info(
             "shannon",
             _m.shannon,
-            {},
             description="mean predictive entropy (nats)",
             cost="1 loss pass",
             larger_is_sharper=False,
@@ -118,7 +107,6 @@ _REGISTRY: dict[str, MeasureInfo] = {
         _info(
             "local_entropy",
             _m.local_entropy,
-            {"num_steps": 20, "lr": 0.1, "ema": 0.75, "noise": 1e-4, "gamma": 1e-4, "max_batches": None},
             description="μ_LE: mean ‖θ−μ_b‖ of Entropy-SGD's Langevin inner loop",
             cost="num_steps gradient passes per batch",
         ),
@@ -143,13 +131,21 @@ def get_measure(name: str) -> MeasureInfo:
 
 
 def check_measure_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
-    """Raise a ``ValueError`` naming any keyword that measure ``name`` does not accept."""
+    """Validate keyword arguments for measure ``name``: names it accepts and values in range.
+
+    Called by :func:`compute_measure` and by ``SharpnessProbe.__init__`` (so a bad value fails at construction,
+    not mid-fit); the value rules are :func:`~lightning_autoopt.landscape.measures.check_measure_arguments`.
+
+    Raises:
+        ValueError: Naming any keyword the measure does not accept, or any value out of range.
+    """
     info = get_measure(name)
     unknown = sorted(set(kwargs) - set(info.defaults) - {"init_params"})
     if unknown:
         raise ValueError(
             f"Measure {name!r} got unknown argument(s) {unknown}; its arguments are {sorted(info.defaults)}."
         )
+    _m.check_measure_arguments(info.fn, kwargs)
 
 
 def compute_measure(
@@ -183,7 +179,7 @@ def compute_measure(
         The measure as a Python float (``nan`` when the loss or the weights are not finite).
 
     Raises:
-        ValueError: On an unknown measure or argument.
+        ValueError: On an unknown measure or argument, or an argument value out of range (e.g. ``num_samples=0``).
 
     Example::
 
@@ -198,12 +194,10 @@ def compute_measure(
         target = model
         if normalize:
             if options.get("init_params") is not None:
-                scales = filter_scales(model)
-                divisor = torch.cat([scales[n].reshape(-1) for n, p in model.named_parameters() if p.requires_grad])
-                options["init_params"] = options["init_params"].reshape(-1).to(divisor) / divisor
+                options["init_params"] = to_normalized_coordinates(model, options["init_params"])
             target = filter_normalized_copy(model)
         functional = LossFunctional(target, batches, loss_fn)
-        if not bool(torch.isfinite(functional.get_flat()).all()) or not math.isfinite(functional.loss()):
+        if not _flat.all_finite(functional.get_flat()) or not math.isfinite(functional.loss()):
             return float("nan")
         if not info.needs_init:
             options.pop("init_params", None)

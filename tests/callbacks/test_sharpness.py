@@ -138,6 +138,8 @@ def test_state_key_and_state_dict_roundtrip():
         ({"loss_fn": "hinge"}, "loss_fn"),
         ({"measure_kwargs": {"shannon": {}}}, "not in `measures`"),
         ({"measure_kwargs": {"lpf": {"sigmaa": 1.0}}}, "unknown argument"),
+        ({"measure_kwargs": {"lpf": {"num_samples": 0}}}, "num_samples"),  # at construction, not mid-fit
+        ({"measures": ["local_entropy"], "measure_kwargs": {"local_entropy": {"max_batches": 0}}}, "max_batches"),
     ],
 )
 def test_bad_arguments_raise(kwargs, match):

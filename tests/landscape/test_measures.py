@@ -1,3 +1,4 @@
+import inspect
 import math
 
 import pytest
@@ -50,7 +51,40 @@ def test_registry_lists_every_measure_with_frozen_records():
         assert set(CHEAP[name]) <= set(info.defaults)
         with pytest.raises((AttributeError, TypeError)):
             info.defaults["x"] = 1  # type: ignore[index]
+    # defaults are the functions' own: stated once, in measures.py
+    for name in EXPECTED:
+        info = get_measure(name)
+        params = inspect.signature(info.fn).parameters.values()
+        kw = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.default is not p.empty}
+        kw.pop("init_params", None)
+        assert dict(info.defaults) == kw, name
+        assert info.needs_init == ("init_params" in inspect.signature(info.fn).parameters)
     assert get_measure("lpf").defaults == {"sigma": 0.01, "num_samples": 100}
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "match"),
+    [
+        ("lpf", {"num_samples": 0}, "num_samples"),
+        ("lpf", {"sigma": -1.0}, "sigma"),
+        ("local_entropy", {"max_batches": 0}, "max_batches"),
+        ("local_entropy", {"ema": 1.0}, "ema"),
+        ("pac_bayes", {"mc_samples": 0}, "mc_samples"),
+        ("pac_bayes", {"target": "error"}, "target"),
+        ("pac_bayes", {"sigma_min": 10.0, "sigma_max": 1.0}, "sigma_min"),
+        ("hessian_top", {"method": "hutchinson"}, "method"),
+        ("hessian_trace", {"method": "lanczos"}, "method"),
+        ("hessian_trace", {"backend": "jax"}, "backend"),
+        ("hessian_fro", {"block_size": 0}, "block_size"),
+        ("eps_sharpness", {"eps": 0.0}, "eps"),
+    ],
+)
+def test_bad_values_fail_before_any_loss_pass(name, kwargs, match):
+    model, batches = tiny_mlp(), mlp_batches()
+    with pytest.raises(ValueError, match=match):
+        compute_measure(name, model, batches, **kwargs)
+    with pytest.raises(ValueError, match=match):  # the pure function itself checks too
+        get_measure(name).fn(LossFunctional(model, batches), generator=torch.Generator(), **kwargs)
 
 
 @pytest.mark.parametrize("backend", ["autograd", "func"])
