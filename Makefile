@@ -28,9 +28,11 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/autodrop_vs_schedules.py
 
+LINT_PATHS := lightning_autoopt tests benchmarks $(wildcard examples)
+
 lint: $(STAMP)
-	$(BIN)/ruff format --check lightning_autoopt tests benchmarks
-	$(BIN)/ruff check lightning_autoopt tests benchmarks
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/mypy
 
 clean:

@@ -7,8 +7,8 @@ accuracy on a task minus the final one), parameters, and -- for the detector-dri
 detection delay and false detections against the true boundaries. It also times TAME's no-shift steps against
 plain fine-tuning of the same network *in the same run* and prints the ratio.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/continual.py                 # ~15-20 min on 2 busy shared cores
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/continual.py --seeds 0 --streams digits_split   # quick
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.continual                 # ~15-20 min on 2 busy shared cores
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.continual --seeds 0 --streams digits_split   # quick
 
 EWC is a compact baseline implemented here (empirical Fisher of per-sample gradients, penalty
 ``lambda * sum F (theta - theta*)^2`` per task with lambda 100, without the 1/2, as Avalanche's EWCPlugin) and is

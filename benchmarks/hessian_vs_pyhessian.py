@@ -15,7 +15,7 @@ subprocess (so peak-memory numbers are clean), ``--repeats`` times, alternating,
 Accuracy is judged against a tight reference λ_max (Lanczos, 100 iterations, float64 dense algebra). Peak memory is
 the growth of the process's peak RSS (VmHWM, reset through /proc/self/clear_refs) during the measurement.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/hessian_vs_pyhessian.py
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.hessian_vs_pyhessian
 """
 
 from __future__ import annotations
@@ -30,10 +30,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks._landscape_common import OUT, Timer, machine, make_model, mnist1d_tensors, now, train_plain  # noqa: E402
-from lightning_autoopt.landscape import HVPOperator, LossFunctional, hutchinson_trace, top_eigenvalues  # noqa: E402
+from benchmarks._landscape_common import OUT, Timer, machine, make_model, mnist1d_tensors, now, train_plain
+from lightning_autoopt.landscape import HVPOperator, LossFunctional, hutchinson_trace, top_eigenvalues
 
 MODEL_FILE = OUT / "hvp_model.pt"
 
@@ -119,8 +117,9 @@ def reference_eigenvalue() -> float:
 
 
 def run_worker(method: str, probes: int, seed: int) -> dict:
-    cmd = [sys.executable, __file__, "--worker", method, "--probes", str(probes), "--seed", str(seed)]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    cmd = [sys.executable, "-m", "benchmarks.hessian_vs_pyhessian", "--worker", method, "--probes", str(probes)]
+    cmd += ["--seed", str(seed)]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 

@@ -11,7 +11,7 @@ A ``SharpnessProbe(measures=["hessian_top"])`` on a fixed 512-sample training su
 ``--probe-every`` epochs (plotted to benchmarks/out/lpf_sgd_sharpness.png). At the end: test accuracy on the
 1 000 test samples and λ_max on a fixed 1 000-sample training subset (Lanczos, tol 1e-4).
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/lpf_sgd.py --epochs 30 --seeds 0 1 2
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.lpf_sgd --epochs 30 --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -19,21 +19,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks._landscape_common import OUT, evaluate, machine, now  # noqa: E402
-from lightning_autoopt.callbacks import LPFSGD, SharpnessProbe  # noqa: E402
-from lightning_autoopt.data import MNIST1DDataModule  # noqa: E402
-from lightning_autoopt.landscape import compute_measure, make_fixed_batches  # noqa: E402
-from lightning_autoopt.models import Classifier  # noqa: E402
+from benchmarks._landscape_common import OUT, evaluate, machine, now
+from lightning_autoopt.callbacks import LPFSGD, SharpnessProbe
+from lightning_autoopt.data import MNIST1DDataModule
+from lightning_autoopt.landscape import compute_measure, make_fixed_batches
+from lightning_autoopt.models import Classifier
 
 
 class SAMClassifier(Classifier):

@@ -10,7 +10,7 @@ accuracy, 1 000 test samples) is reported, over all models and over the converge
 
 Measure settings are scaled down from the reference defaults to fit the machine (listed in MEASURE_KWARGS).
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sharpness_vs_generalization.py --max-epochs 60 --train-samples 1000
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.sharpness_vs_generalization --max-epochs 60 --train-samples 1000
 """
 
 from __future__ import annotations
@@ -19,17 +19,13 @@ import argparse
 import itertools
 import json
 import math
-import sys
 import time
-from pathlib import Path
 
 import torch
 from scipy.stats import kendalltau
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks._landscape_common import OUT, evaluate, machine, make_model, mnist1d_tensors, now, train_plain  # noqa: E402
-from lightning_autoopt.landscape import compute_measure, list_measures  # noqa: E402
+from benchmarks._landscape_common import OUT, evaluate, machine, make_model, mnist1d_tensors, now, train_plain
+from lightning_autoopt.landscape import compute_measure, list_measures
 
 MEASURE_KWARGS = {
     "lpf": {"sigma": 0.01, "num_samples": 50},

@@ -16,8 +16,10 @@ retraining; paired comparison) and reports them as extra rows ``"<name> (leader 
 Add a method: one entry in :func:`methods` (``name -> (strategy class name in lightning_autoopt.strategies or
 "ddp", init args)``).
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/strategies.py                        # 3 seeds x 8 epochs
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/strategies.py --seeds 0 --epochs 1   # smoke run
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.strategies                        # 3 seeds x 8 epochs
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.strategies --seeds 0 --epochs 1   # smoke run
+
+(from the repository root; the worker harness is shared with ``strategies_ii.py`` in ``benchmarks/_harness.py``).
 
 Writes ``benchmarks/out/strategies.json`` and ``benchmarks/out/strategies_acc_vs_bytes.png``.
 """
@@ -26,19 +28,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-OUT = HERE / "out"
+import torch.distributed as dist
+
+from benchmarks import _harness as H
+from benchmarks._harness import OUT
 
 
-def methods(period: int) -> dict[str, tuple[str, dict[str, Any]]]:
+def methods(period: int) -> H.Methods:
     """name -> (strategy class name in ``lightning_autoopt.strategies`` or ``"ddp"``, init args)."""
     off = {"consensus_every": 0}
     return {
@@ -76,26 +77,12 @@ def methods(period: int) -> dict[str, tuple[str, dict[str, Any]]]:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _worker(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-        LOCAL_RANK=str(rank), NODE_RANK="0", OMP_NUM_THREADS="1",
-    )  # fmt: skip
-    sys.path.insert(0, str(HERE.parent))
+def _worker(rank: int, world: int, args: argparse.Namespace) -> None:
     import lightning.pytorch as pl
-    import torch
 
     import lightning_autoopt.strategies as S
     from lightning_autoopt.data import MNIST1DDataModule
     from lightning_autoopt.models import Classifier
-
-    torch.set_num_threads(1)
 
     class Probe(pl.Callback):
         """Per epoch: training seconds (excluding this probe) and the policy weights' test accuracy and bytes."""
@@ -103,80 +90,52 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
         def __init__(self, dm: Any, also_eval: list[str]) -> None:
             self.dm, self.rows, self.t0, self.also_eval = dm, [], 0.0, also_eval
 
-        def test_acc(self, pl_module: Any) -> float:
-            was_training = pl_module.training
-            pl_module.eval()
-            correct = total = 0
-            with torch.no_grad():
-                for x, y in self.dm.test_dataloader():
-                    correct += int((pl_module(x).argmax(1) == y).sum())
-                    total += len(y)
-            pl_module.train(was_training)
-            return correct / total
-
         def on_train_epoch_start(self, trainer, pl_module):  # type: ignore[no-untyped-def]
             self.t0 = time.perf_counter()
 
         def on_train_epoch_end(self, trainer, pl_module):  # type: ignore[no-untyped-def]
             seconds = time.perf_counter() - self.t0
             strategy = trainer.strategy
-            local = isinstance(strategy, S.LocalUpdateStrategy)
             alt = {}
-            if local:
+            if isinstance(strategy, S.LocalUpdateStrategy):
                 with strategy.policy_weights():  # collective: every rank
-                    acc = self.test_acc(pl_module)
+                    acc = H.test_split_accuracy(pl_module, self.dm)
                 for policy in self.also_eval if isinstance(strategy, S.LSGDStrategy) else []:
                     if policy != strategy.eval_policy:
                         with strategy.policy_weights(policy):  # the same replicas, another policy's weights
-                            alt[policy] = self.test_acc(pl_module)
+                            alt[policy] = H.test_split_accuracy(pl_module, self.dm)
                 sent = strategy.bytes_sent_total
             else:
-                acc = self.test_acc(pl_module)
+                acc = H.test_split_accuracy(pl_module, self.dm)
                 sent = 4 * sum(p.numel() for p in pl_module.parameters()) * trainer.global_step
             self.rows.append({"epoch": trainer.current_epoch + 1, "seconds": seconds, "acc": acc,
                               "bytes": sent, "steps": trainer.global_step, "alt_acc": alt})  # fmt: skip
 
-    import torch.distributed as dist
-
     results = []
-    for seed in args.seeds:
-        for name, (cls_name, kwargs) in methods(args.period).items():
-            if args.methods and name.split()[0] not in args.methods:
-                continue
-            pl.seed_everything(seed, workers=True, verbose=False)
-            dm = MNIST1DDataModule(batch_size=args.batch_size, num_samples=5000, seed=0, cache_dir=str(OUT / "cache"))
-            dm.setup("test")
-            model = Classifier(arch="cnn", lr=args.lr, momentum=0.9, weight_decay=5e-4)
-            strategy = "ddp" if cls_name == "ddp" else getattr(S, cls_name)(**kwargs)
-            probe = Probe(dm, args.also_eval)
-            trainer = pl.Trainer(
-                accelerator="cpu", devices=world, strategy=strategy, max_epochs=args.epochs, limit_val_batches=0,
-                num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False, logger=False,
-                enable_checkpointing=False, callbacks=[probe], default_root_dir=str(OUT / "strategies_runs"),
-            )  # fmt: skip
-            trainer.fit(model, datamodule=dm)
-            # the slowest rank decides the wall time of an epoch
-            secs = torch.tensor([r["seconds"] for r in probe.rows], dtype=torch.float64)
-            dist.all_reduce(secs, op=dist.ReduceOp.MAX)
-            if rank == 0:
-                n_params = sum(p.numel() for p in model.parameters())
-                for r, s in zip(probe.rows, secs.tolist()):
-                    r["seconds"] = s
-                row = {"method": name, "seed": seed, "n_params": n_params, "curve": probe.rows}
-                results.append(row)
-                for policy in probe.rows[-1]["alt_acc"]:  # same replicas, other policy weights
-                    curve = [{**r, "acc": r["alt_acc"][policy]} for r in probe.rows]
-                    results.append({**row, "method": f"{name} ({policy} eval)", "curve": curve})
-                last = probe.rows[-1]
-                print(json.dumps({"method": name, "seed": seed, "acc": last["acc"], "alt_acc": last["alt_acc"],
-                                  "bytes": last["bytes"], "steps": last["steps"],
-                                  "sec_per_epoch": statistics.mean(secs.tolist())}), flush=True)  # fmt: skip
-            dist.barrier()
-    if rank == 0:
-        OUT.mkdir(parents=True, exist_ok=True)
-        (OUT / "strategies.json").write_text(json.dumps({"args": vars(args), "runs": results}, indent=1))
-    dist.barrier()
-    dist.destroy_process_group()
+    for seed, name, cls_name, kwargs in H.runs(args, methods(args.period)):
+        pl.seed_everything(seed, workers=True, verbose=False)
+        dm = MNIST1DDataModule(batch_size=args.batch_size, num_samples=5000, seed=0, cache_dir=str(OUT / "cache"))
+        dm.setup("test")
+        model = Classifier(arch="cnn", lr=args.lr, momentum=0.9, weight_decay=5e-4)
+        probe = Probe(dm, args.also_eval)
+        strategy = H.build_strategy(cls_name, kwargs)
+        H.make_trainer(world, strategy, args.epochs, [probe], OUT / "strategies_runs").fit(model, datamodule=dm)
+        secs = H.slowest([r["seconds"] for r in probe.rows])
+        if rank == 0:
+            n_params = sum(p.numel() for p in model.parameters())
+            for r, s in zip(probe.rows, secs):
+                r["seconds"] = s
+            row = {"method": name, "seed": seed, "n_params": n_params, "curve": probe.rows}
+            results.append(row)
+            for policy in probe.rows[-1]["alt_acc"]:  # same replicas, other policy weights
+                curve = [{**r, "acc": r["alt_acc"][policy]} for r in probe.rows]
+                results.append({**row, "method": f"{name} ({policy} eval)", "curve": curve})
+            last = probe.rows[-1]
+            print(json.dumps({"method": name, "seed": seed, "acc": last["acc"], "alt_acc": last["alt_acc"],
+                              "bytes": last["bytes"], "steps": last["steps"],
+                              "sec_per_epoch": statistics.mean(secs)}), flush=True)  # fmt: skip
+        dist.barrier()
+    H.finish(rank, args, results, "strategies.json")
 
 
 def summarize(path: Path) -> str:
@@ -241,13 +200,7 @@ def summarize(path: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--period", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=32, help="per worker (4 workers -> 128 global)")
-    parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--world", type=int, default=4)
-    parser.add_argument("--methods", nargs="*", default=None, help="first word of method names to run")
+    H.add_common_args(parser, epochs=8, period=16)
     parser.add_argument(
         "--also-eval",
         nargs="*",
@@ -255,14 +208,9 @@ def main() -> None:
         choices=["leader", "average"],
         help="LSGD runs: also test these policy weights on the same replicas (extra rows)",
     )
-    parser.add_argument("--summarize-only", action="store_true")
     args = parser.parse_args()
     if not args.summarize_only:
-        import torch.multiprocessing as mp
-
-        t0 = time.time()
-        mp.start_processes(_worker, args=(args.world, _free_port(), args), nprocs=args.world, start_method="spawn")
-        print(f"total wall time {time.time() - t0:.0f} s")
+        H.launch(_worker, args)
     print(summarize(OUT / "strategies.json"))
 
 

@@ -7,8 +7,10 @@ as one fp32 all-reduce of the gradients per step, the convention of ``dist/bytes
 relative to the no-communication limit (local SGD with an infinite period), the final consensus distance and the
 top Hessian eigenvalue of the averaged weights (``lightning_autoopt.landscape``, Lanczos on 512 training samples).
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/strategies_ii.py                 # 3 seeds, 12 epochs
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/strategies_ii.py --seeds 0 --epochs 2   # smoke run
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.strategies_ii                 # 3 seeds, 12 epochs
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.strategies_ii --seeds 0 --epochs 2   # smoke run
+
+(from the repository root; the worker harness is shared with ``strategies.py`` in ``benchmarks/_harness.py``).
 
 Writes ``benchmarks/out/strategies_ii.json`` and ``benchmarks/out/strategies_ii_acc_vs_bytes.png``.
 """
@@ -17,19 +19,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import statistics
-import sys
 import time
 from pathlib import Path
-from typing import Any
 
-HERE = Path(__file__).resolve().parent
-OUT = HERE / "out"
+import torch.distributed as dist
+
+from benchmarks import _harness as H
+from benchmarks._harness import OUT
 
 
-def methods(period: int) -> dict[str, tuple[str, dict[str, Any]]]:
+def methods(period: int) -> H.Methods:
     """name -> (strategy class name or "ddp", init args)."""
     gossip = {"period": period, "graph": "ring"}
     no_degree = {"degree_mix": 0.0, "degree_pull": 0.0}
@@ -55,28 +55,14 @@ def methods(period: int) -> dict[str, tuple[str, dict[str, Any]]]:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _worker(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-        LOCAL_RANK=str(rank), NODE_RANK="0", OMP_NUM_THREADS="1",
-    )  # fmt: skip
-    sys.path.insert(0, str(HERE.parent))
+def _worker(rank: int, world: int, args: argparse.Namespace) -> None:
     import lightning.pytorch as pl
     import torch
-    import torch.distributed as dist
 
-    import lightning_autoopt.strategies as S
+    from lightning_autoopt import _flat
     from lightning_autoopt.data import MNIST1DDataModule
     from lightning_autoopt.landscape import compute_measure, make_fixed_batches
     from lightning_autoopt.models import Classifier
-
-    torch.set_num_threads(1)
 
     class Timer(pl.Callback):
         def on_train_start(self, trainer, pl_module):  # type: ignore[no-untyped-def]
@@ -86,70 +72,49 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
             self.seconds = time.perf_counter() - self.t0
 
     results = []
-    for seed in args.seeds:
-        for name, (cls_name, kwargs) in methods(args.period).items():
-            if args.methods and not any(name.startswith(m) for m in args.methods):
-                continue
-            pl.seed_everything(seed, workers=True, verbose=False)
-            dm = MNIST1DDataModule(batch_size=args.batch_size, num_samples=5000, seed=0)
-            model = Classifier(arch="cnn", lr=args.lr, momentum=0.9, weight_decay=5e-4)
-            strategy = "ddp" if cls_name == "ddp" else getattr(S, cls_name)(**kwargs)
-            timer = Timer()
-            trainer = pl.Trainer(
-                accelerator="cpu", devices=world, strategy=strategy, max_epochs=args.epochs, limit_val_batches=0,
-                num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False, logger=False,
-                enable_checkpointing=False, callbacks=[timer], default_root_dir=str(OUT / "strategies_ii_runs"),
-            )  # fmt: skip
-            trainer.fit(model, datamodule=dm)
-            steps = trainer.global_step
-            n_params = sum(p.numel() for p in model.parameters())
-            if cls_name == "ddp":
-                bytes_per_step = 4.0 * n_params
-            else:
-                bytes_per_step = trainer.strategy.bytes_sent_total / max(steps, 1)
-            consensus = float(trainer.callback_metrics.get("dist/consensus_distance", float("nan")))
-            # the averaged model (parameters and floating buffers), identical on every rank
-            tensors = [t for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()]
-            with torch.no_grad():
-                flat = torch.cat([t.detach().reshape(-1) for t in tensors])
-                local = flat.clone()
-                dist.all_reduce(flat)
-                flat /= world
-                spread = local - flat
-                sq = spread.pow(2).sum().reshape(1)
-                dist.all_reduce(sq)
-                off = 0
-                for t in tensors:
-                    t.copy_(flat[off : off + t.numel()].view_as(t))
-                    off += t.numel()
-            dm.setup("test")
-            model.eval()
-            correct = total = 0
-            with torch.no_grad():
-                for x, y in dm.test_dataloader():
-                    correct += int((model(x).argmax(1) == y).sum())
-                    total += len(y)
-            wall = torch.tensor([timer.seconds])
-            dist.all_reduce(wall, op=dist.ReduceOp.MAX)
-            if rank == 0:
-                lam = float("nan")
-                if args.hessian:
-                    batches = make_fixed_batches(dm.train_set, num_samples=512, batch_size=128, seed=0)
-                    lam = compute_measure("hessian_top", model, batches, seed=0)
-                row = {
-                    "method": name, "seed": seed, "test_acc": correct / total, "bytes_per_step": bytes_per_step,
-                    "ddp_bytes_per_step": 4.0 * n_params, "train_seconds": float(wall), "steps": steps,
-                    "final_consensus": (float(sq) / world) ** 0.5, "last_logged_consensus": consensus,
-                    "hessian_top": lam,
-                }  # fmt: skip
-                results.append(row)
-                print(json.dumps(row), flush=True)
-            dist.barrier()
-    if rank == 0:
-        OUT.mkdir(parents=True, exist_ok=True)
-        (OUT / args.out_name).write_text(json.dumps({"args": vars(args), "runs": results}, indent=1))
-    dist.barrier()
-    dist.destroy_process_group()
+    for seed, name, cls_name, kwargs in H.runs(args, methods(args.period)):
+        pl.seed_everything(seed, workers=True, verbose=False)
+        dm = MNIST1DDataModule(batch_size=args.batch_size, num_samples=5000, seed=0)
+        model = Classifier(arch="cnn", lr=args.lr, momentum=0.9, weight_decay=5e-4)
+        timer = Timer()
+        strategy = H.build_strategy(cls_name, kwargs)
+        trainer = H.make_trainer(world, strategy, args.epochs, [timer], OUT / "strategies_ii_runs")
+        trainer.fit(model, datamodule=dm)
+        steps = trainer.global_step
+        n_params = sum(p.numel() for p in model.parameters())
+        if cls_name == "ddp":
+            bytes_per_step = 4.0 * n_params
+        else:
+            bytes_per_step = trainer.strategy.bytes_sent_total / max(steps, 1)
+        consensus = float(trainer.callback_metrics.get("dist/consensus_distance", float("nan")))
+        # the averaged model (parameters and floating buffers), identical on every rank
+        tensors = [t for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()]
+        with torch.no_grad():
+            flat = _flat.flatten(tensors)
+            local = flat.clone()
+            dist.all_reduce(flat)
+            flat /= world
+            sq = (local - flat).pow(2).sum().reshape(1)
+            dist.all_reduce(sq)
+            _flat.unflatten_(flat, tensors)
+        dm.setup("test")
+        accuracy = H.test_split_accuracy(model, dm)
+        (wall,) = H.slowest([timer.seconds])
+        if rank == 0:
+            lam = float("nan")
+            if args.hessian:
+                batches = make_fixed_batches(dm.train_set, num_samples=512, batch_size=128, seed=0)
+                lam = compute_measure("hessian_top", model, batches, seed=0)
+            row = {
+                "method": name, "seed": seed, "test_acc": accuracy, "bytes_per_step": bytes_per_step,
+                "ddp_bytes_per_step": 4.0 * n_params, "train_seconds": wall, "steps": steps,
+                "final_consensus": (float(sq) / world) ** 0.5, "last_logged_consensus": consensus,
+                "hessian_top": lam,
+            }  # fmt: skip
+            results.append(row)
+            print(json.dumps(row), flush=True)
+        dist.barrier()
+    H.finish(rank, args, results, args.out_name)
 
 
 def summarize(paths: list[Path]) -> str:
@@ -206,26 +171,13 @@ def summarize(paths: list[Path]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--period", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=32, help="per worker (4 workers -> 128 global)")
-    parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--world", type=int, default=4)
+    H.add_common_args(parser, epochs=12, period=4)
     parser.add_argument("--no-hessian", dest="hessian", action="store_false")
-    parser.add_argument("--summarize-only", action="store_true")
-    parser.add_argument(
-        "--methods", nargs="*", default=None, help="run only methods whose name starts with one of these"
-    )
     parser.add_argument("--out-name", default="strategies_ii.json", help="results file under benchmarks/out/")
     parser.add_argument("--merge", nargs="*", default=["strategies_ii_extra.json"], help="extra result files to table")
     args = parser.parse_args()
     if not args.summarize_only:
-        import torch.multiprocessing as mp
-
-        t0 = time.time()
-        mp.start_processes(_worker, args=(args.world, _free_port(), args), nprocs=args.world, start_method="spawn")
-        print(f"total wall time {time.time() - t0:.0f} s")
+        H.launch(_worker, args)
     names = dict.fromkeys(["strategies_ii.json", args.out_name, *args.merge])
     print(summarize([OUT / n for n in names]))
 

@@ -2,10 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
 import lightning.pytorch as pl
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+
+
+def make_trainer(root: str | Path, callbacks: Iterable[pl.Callback] = (), **overrides: Any) -> pl.Trainer:
+    """The suite's Trainer: one CPU device, quiet (no logger, checkpointing, progress bar or model summary).
+
+    Runs one epoch unless ``max_epochs`` or ``max_steps`` is given. ``overrides`` replace any default, e.g.
+    ``devices=2, strategy="lsgd_spawn"`` or ``enable_checkpointing=True`` (needed with a ``ModelCheckpoint``).
+    """
+    settings: dict[str, Any] = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+        callbacks=list(callbacks),
+    )
+    if "max_steps" not in overrides:
+        settings["max_epochs"] = 1
+    settings.update(overrides)
+    return pl.Trainer(**settings)
 
 
 def make_blobs(n: int = 256, dim: int = 8, classes: int = 4, seed: int = 0) -> TensorDataset:

@@ -48,6 +48,19 @@ def check_loader_args(batch_size: int, num_workers: int) -> None:
         raise ValueError(f"num_workers must be >= 0 (0 loads in the main process), got {num_workers}.")
 
 
+def check_split_fractions(val_fraction: float, test_fraction: float) -> None:
+    """Validate the validation / test fractions of a random split (both in (0, 1), leaving training samples)."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}.")
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}.")
+    if val_fraction + test_fraction >= 1.0:
+        raise ValueError(
+            f"val_fraction + test_fraction must be < 1 to leave training samples, got "
+            f"{val_fraction} + {test_fraction}. Lower one of them."
+        )
+
+
 def make_loader(dataset: Dataset | None, batch_size: int, num_workers: int, seed: int, train: bool) -> DataLoader:
     """A loader that shuffles with :class:`EpochSeededRandomSampler` when ``train``, and keeps order otherwise."""
     if dataset is None:

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import TensorDataset
 from typing_extensions import override
 
-from lightning_autoopt.data._sampling import SplitLoadersMixin, check_loader_args
+from lightning_autoopt.data._sampling import SplitLoadersMixin, check_loader_args, check_split_fractions
 
 
 class DigitsDataModule(SplitLoadersMixin):
@@ -59,15 +59,7 @@ class DigitsDataModule(SplitLoadersMixin):
     ) -> None:
         super().__init__()
         check_loader_args(batch_size, num_workers)
-        if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}.")
-        if not 0.0 < test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}.")
-        if val_fraction + test_fraction >= 1.0:
-            raise ValueError(
-                f"val_fraction + test_fraction must be < 1 to leave training samples, got "
-                f"{val_fraction} + {test_fraction}. Lower one of them."
-            )
+        check_split_fractions(val_fraction, test_fraction)
         self.save_hyperparameters()
         self.batch_size = batch_size
         self.seed = seed

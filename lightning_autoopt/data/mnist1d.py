@@ -15,7 +15,7 @@ from torch.utils.data import TensorDataset
 from typing_extensions import override
 
 from lightning_autoopt.data._cache import cache_key, load_npz, resolve_cache_dir, save_npz_atomic
-from lightning_autoopt.data._sampling import SplitLoadersMixin, check_loader_args
+from lightning_autoopt.data._sampling import SplitLoadersMixin, check_loader_args, check_split_fractions
 
 # Bump when the way arrays are produced or stored changes, so old cache files are not reused.
 _FORMAT_VERSION = 1
@@ -94,15 +94,7 @@ class MNIST1DDataModule(SplitLoadersMixin):
             raise ValueError(
                 f"num_samples must be a positive multiple of 10 (10 classes with equal counts), got {num_samples}."
             )
-        if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}.")
-        if not 0.0 < test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}.")
-        if val_fraction + test_fraction >= 1.0:
-            raise ValueError(
-                f"val_fraction + test_fraction must be < 1 to leave training samples, got "
-                f"{val_fraction} + {test_fraction}. Lower one of them."
-            )
+        check_split_fractions(val_fraction, test_fraction)
         if iid_noise_scale < 0 or corr_noise_scale < 0:
             raise ValueError(
                 f"iid_noise_scale and corr_noise_scale must be >= 0, got {iid_noise_scale} and {corr_noise_scale}."

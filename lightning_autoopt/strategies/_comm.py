@@ -87,6 +87,13 @@ def all_gather_scalar(value: float, group: Any = None, device: torch.device | st
     return stacked.reshape(-1)
 
 
+def gather_objects(obj: Any, dst: int = 0) -> list[Any] | None:
+    """Gather one picklable object per rank to global rank ``dst`` (its list, ordered by rank); ``None`` elsewhere."""
+    gathered: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == dst else None
+    dist.gather_object(obj, gathered, dst=dst)
+    return gathered
+
+
 def argmin_lowest_index(values: Tensor) -> int | None:
     """Index of the smallest finite value, ties broken by the lowest index; ``None`` when none is finite.
 

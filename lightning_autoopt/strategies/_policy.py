@@ -12,7 +12,6 @@ import contextlib
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch.distributed as dist
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
@@ -250,8 +249,7 @@ class PolicyWeightsMixin(_Base):
         """Gather every rank's replica, optimizer states and strategy state into the file rank 0 writes."""
         if _comm.dist_ready() and self.lightning_module is not None:
             payload = self._rank_payload(with_optimizers="optimizer_states" in checkpoint)
-            gathered: list[Any] | None = [None] * self.world_size if self.global_rank == 0 else None
-            dist.gather_object(payload, gathered, dst=0)
+            gathered = _comm.gather_objects(payload, dst=0)
             if self.global_rank == 0:
                 checkpoint[CHECKPOINT_KEY] = {"world_size": self.world_size, "ranks": gathered}
         super().save_checkpoint(checkpoint, filepath, storage_options)

@@ -57,11 +57,6 @@ class LocalSGDStrategy(LocalUpdateStrategy):
             buffer_policy=buffer_policy, eval_policy=eval_policy, consensus_every=consensus_every, **kwargs
         )
 
-    @property
-    def hierarchical(self) -> bool:
-        """Whether group averages run (more than one group and a ``local_period``)."""
-        return self.local_period is not None and self.has_subgroups
-
     def setup_round_state(self) -> None:
         self.setup_groups(self.group_size)
 

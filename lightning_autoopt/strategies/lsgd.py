@@ -115,11 +115,6 @@ class LSGDStrategy(LocalUpdateStrategy):
         self._stored_local_leader: Tensor | None = None
 
     # ------------------------------------------------------------------ setup
-    @property
-    def multi_leader(self) -> bool:
-        """Whether local-leader rounds run (more than one group and a ``local_period``)."""
-        return self.local_period is not None and self.has_subgroups
-
     def setup_round_state(self) -> None:
         self.setup_groups(self.group_size)
         if len(self.leader_counts) != self.world_size:

@@ -1,11 +1,10 @@
-import lightning.pytorch as pl
 import pytest
 import torch
 
 from lightning_autoopt.callbacks import DCO, TaskShiftDetector, TaskShiftListener
 from lightning_autoopt.continual.dco import direction_penalty, fit_direction_autoencoder
 from tests.callbacks.test_task_shift import BATCHES_PER_TASK, ShiftingBlobs
-from tests.helpers import TinyClassifier
+from tests.helpers import TinyClassifier, make_trainer
 
 
 def test_autoencoder_learns_the_top_direction_of_its_inputs():
@@ -47,24 +46,9 @@ def test_penalty_gradient_matches_autograd():
         torch.testing.assert_close(gr, w.grad)
 
 
-def _trainer(tmp_path, callbacks, **kwargs):
-    return pl.Trainer(
-        max_epochs=1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        logger=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
-        accelerator="cpu",
-        devices=1,
-        callbacks=callbacks,
-        **kwargs,
-    )
-
-
 def test_consolidates_at_given_boundaries_and_applies_the_penalty(tmp_path):
     dco = DCO(boundaries=[BATCHES_PER_TASK], ae_steps=50, num_directions=4)
-    trainer = _trainer(tmp_path, [dco])
+    trainer = make_trainer(tmp_path, [dco])
     model = TinyClassifier(lr=0.1, momentum=0.9)
     trainer.fit(model, datamodule=ShiftingBlobs())
     assert dco.consolidation_steps == [BATCHES_PER_TASK]
@@ -72,7 +56,7 @@ def test_consolidates_at_given_boundaries_and_applies_the_penalty(tmp_path):
     assert dco.last_penalty > 0 and trainer.callback_metrics["dco/penalty"] > 0
     # The weights moved less along the forbidden directions than a plain run does.
     plain = TinyClassifier(lr=0.1, momentum=0.9)
-    _trainer(tmp_path, []).fit(plain, datamodule=ShiftingBlobs())
+    make_trainer(tmp_path, []).fit(plain, datamodule=ShiftingBlobs())
     weights = [p for p in model.parameters() if p.dim() >= 2]
     plain_weights = [p for p in plain.parameters() if p.dim() >= 2]
     dco.strength = 1.0
@@ -86,7 +70,7 @@ def test_consolidates_at_given_boundaries_and_applies_the_penalty(tmp_path):
 def test_consolidates_on_detector_events(tmp_path):
     det = TaskShiftDetector(verbose=False)
     dco = DCO(ae_steps=20, num_directions=2)
-    _trainer(tmp_path, [det, dco]).fit(TinyClassifier(lr=0.1, momentum=0.9), datamodule=ShiftingBlobs())
+    make_trainer(tmp_path, [det, dco]).fit(TinyClassifier(lr=0.1, momentum=0.9), datamodule=ShiftingBlobs())
     assert det.shift_steps and dco.consolidation_steps == det.shift_steps
 
 

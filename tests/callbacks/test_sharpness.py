@@ -1,11 +1,11 @@
 import math
 
-import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_autoopt.callbacks import SharpnessProbe
+from tests import helpers
 from tests.helpers import TinyClassifier, TinyDataModule, flat_params
 
 CHEAP = {
@@ -22,13 +22,9 @@ ALL = ["lpf", "eps_sharpness", "pac_bayes", "hessian_top", "hessian_trace", "hes
 
 
 def make_trainer(tmp_path, callbacks=(), **kwargs):
-    defaults = dict(
-        accelerator="cpu", devices=1, max_epochs=2, limit_train_batches=4, limit_val_batches=2,
-        enable_progress_bar=False, enable_model_summary=False, logger=False, enable_checkpointing=False,
-        default_root_dir=tmp_path,
-    )  # fmt: skip
-    defaults.update(kwargs)
-    return pl.Trainer(callbacks=list(callbacks), **defaults)
+    return helpers.make_trainer(
+        tmp_path, callbacks, **{"max_epochs": 2, "limit_train_batches": 4, "limit_val_batches": 2, **kwargs}
+    )
 
 
 class ShuffledDataModule(TinyDataModule):

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from lightning_autoopt.callbacks import TaskShiftAwareModule, TaskShiftDetector, TaskShiftListener
-from tests.helpers import TinyClassifier, make_blobs
+from tests.helpers import TinyClassifier, make_blobs, make_trainer
 
 BATCHES_PER_TASK = 60
 BATCH = 16
@@ -47,21 +47,6 @@ class ShiftRecorder(TinyClassifier):
                 json.dump([e["step"] for e in self.events], f)
 
 
-def _trainer(tmp_path, **kwargs):
-    defaults = dict(
-        max_epochs=1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        logger=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
-        accelerator="cpu",
-        devices=1,
-    )
-    defaults.update(kwargs)
-    return pl.Trainer(**defaults)
-
-
 def test_listeners_are_found_through_the_declared_protocols():
     assert isinstance(ShiftRecorder(), TaskShiftAwareModule) and not isinstance(TinyClassifier(), TaskShiftAwareModule)
     assert not isinstance(TaskShiftDetector(), TaskShiftListener)
@@ -70,7 +55,7 @@ def test_listeners_are_found_through_the_declared_protocols():
 def test_fires_within_a_few_steps_of_the_task_change_and_calls_the_module(tmp_path):
     model = ShiftRecorder(lr=0.1, momentum=0.9)
     det = TaskShiftDetector(reset_optimizer_state=True, restore_initial_lr=True)
-    trainer = _trainer(tmp_path, callbacks=[det])
+    trainer = make_trainer(tmp_path, callbacks=[det])
     trainer.fit(model, datamodule=ShiftingBlobs())
     assert len(det.shift_steps) == 1
     delay = det.shift_steps[0] - BATCHES_PER_TASK
@@ -91,7 +76,7 @@ def test_reactions_reset_optimizer_and_lr_and_checkpoint(tmp_path):
     probe = Probe()
     model = ShiftRecorder(lr=0.1, momentum=0.9)
     det = TaskShiftDetector(reset_optimizer_state=True, restore_initial_lr=True, save_checkpoint=True)
-    trainer = _trainer(tmp_path, callbacks=[det, probe])
+    trainer = make_trainer(tmp_path, callbacks=[det, probe])
     model.configure_optimizers = lambda: torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)  # noqa: E731
     trainer.fit(model, datamodule=ShiftingBlobs())
     assert probe.state_len == 0 and probe.lr == pytest.approx(0.1)
@@ -101,7 +86,7 @@ def test_reactions_reset_optimizer_and_lr_and_checkpoint(tmp_path):
 def test_nan_loss_is_ignored_and_counted(tmp_path):
     model = ShiftRecorder(nan_at_step=20)
     det = TaskShiftDetector()
-    trainer = _trainer(tmp_path, callbacks=[det], max_steps=BATCHES_PER_TASK - 5)
+    trainer = make_trainer(tmp_path, callbacks=[det], max_steps=BATCHES_PER_TASK - 5)
     trainer.fit(model, datamodule=ShiftingBlobs())
     # The NaN loss at step 20 also makes the weights NaN, so every later loss is NaN too: all skipped.
     assert det.detector.num_nonfinite == BATCHES_PER_TASK - 5 - 20
@@ -111,7 +96,7 @@ def test_nan_loss_is_ignored_and_counted(tmp_path):
 
 def test_state_dict_roundtrip_and_resume(tmp_path):
     det = TaskShiftDetector()
-    _trainer(tmp_path, callbacks=[det], max_steps=30).fit(ShiftRecorder(), datamodule=ShiftingBlobs())
+    make_trainer(tmp_path, callbacks=[det], max_steps=30).fit(ShiftRecorder(), datamodule=ShiftingBlobs())
     clone = TaskShiftDetector()
     clone.load_state_dict(det.state_dict())
     assert clone.state_dict() == det.state_dict()
@@ -121,7 +106,7 @@ def test_state_dict_roundtrip_and_resume(tmp_path):
 def test_decisions_agree_across_two_ddp_ranks(tmp_path):
     model = ShiftRecorder(out_dir=str(tmp_path))
     det = TaskShiftDetector(verbose=False)
-    trainer = _trainer(tmp_path, callbacks=[det], devices=2, strategy="ddp_spawn")
+    trainer = make_trainer(tmp_path, callbacks=[det], devices=2, strategy="ddp_spawn")
     trainer.fit(model, datamodule=ShiftingBlobs(ranks=2))
     steps = [json.load(open(tmp_path / f"rank{r}.json")) for r in range(2)]
     assert steps[0] == steps[1] and len(steps[0]) == 1

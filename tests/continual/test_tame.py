@@ -1,4 +1,3 @@
-import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -7,21 +6,7 @@ from torch import nn
 from lightning_autoopt.continual import TAME, ReservoirBuffer
 from lightning_autoopt.continual.pruning import global_magnitude_prune, make_pruning_permanent, sparsity
 from lightning_autoopt.data.streams import TaskStreamDataModule
-
-
-def _trainer(tmp_path, **kwargs):
-    defaults = dict(
-        max_epochs=1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        logger=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
-        accelerator="cpu",
-        devices=1,
-    )
-    defaults.update(kwargs)
-    return pl.Trainer(**defaults)
+from tests.helpers import make_trainer
 
 
 def _tame(**kwargs):
@@ -35,7 +20,7 @@ def test_spawns_one_expert_per_new_task_and_reuses_on_recurring_task(tmp_path):
         dataset="digits", kind="split", num_tasks=3, batches_per_task=40, batch_size=32, task_order=[0, 1, 2, 1]
     )
     model = _tame(selector_epochs=20)
-    trainer = _trainer(tmp_path)
+    trainer = make_trainer(tmp_path)
     trainer.fit(model, datamodule=dm)
     assert model.num_experts == 3  # tasks 0, 1, 2; task 1's return re-uses expert 1
     assert model.spawn_batches == [40, 80]
@@ -73,12 +58,12 @@ def test_resume_mid_stream_continues_identically(tmp_path):
     spec = {"class_path": f"{__name__}._TinyNet", "init_args": {"hidden": 16}}
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_top_k=-1, every_n_epochs=1, filename="{epoch}")
     full = _tame(expert=spec)
-    _trainer(tmp_path, max_epochs=4, enable_checkpointing=True, callbacks=[ckpt]).fit(full, datamodule=dm())
+    make_trainer(tmp_path, max_epochs=4, enable_checkpointing=True, callbacks=[ckpt]).fit(full, datamodule=dm())
     assert full.num_experts == 3
     path = tmp_path / "ck" / "epoch=1.ckpt"
     assert torch.load(path, weights_only=False)["tame"]["num_experts"] == 2
     resumed = _tame(expert=spec)
-    _trainer(tmp_path, max_epochs=4).fit(resumed, datamodule=dm(), ckpt_path=str(path))
+    make_trainer(tmp_path, max_epochs=4).fit(resumed, datamodule=dm(), ckpt_path=str(path))
     assert resumed.num_experts == full.num_experts
     assert resumed.shift_batches == full.shift_batches
     for a, b in zip(full.state_dict().items(), resumed.state_dict().items()):
@@ -108,7 +93,7 @@ class _NaNStream(TaskStreamDataModule):
 def test_nan_batches_are_skipped(tmp_path):
     dm = _NaNStream(dataset="digits", kind="split", num_tasks=2, batches_per_task=30, batch_size=16)
     model = _tame(selector_epochs=1)
-    _trainer(tmp_path).fit(model, datamodule=dm)
+    make_trainer(tmp_path).fit(model, datamodule=dm)
     assert model.num_nonfinite == 1
     assert model.num_experts == 2 and model.shift_batches == [30]
 

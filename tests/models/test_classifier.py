@@ -10,23 +10,11 @@ import torch
 
 from lightning_autoopt.data import MNIST1DDataModule
 from lightning_autoopt.models import Classifier
+from tests.helpers import make_trainer
 
 
 def _trainer(tmp_path: Path, **kwargs) -> pl.Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=2,
-        limit_train_batches=2,
-        limit_val_batches=1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        logger=False,
-        default_root_dir=tmp_path,
-    )
-    defaults.update(kwargs)
-    return pl.Trainer(**defaults)
+    return make_trainer(tmp_path, **{"max_epochs": 2, "limit_train_batches": 2, "limit_val_batches": 1, **kwargs})
 
 
 @pytest.fixture

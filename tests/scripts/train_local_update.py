@@ -4,25 +4,22 @@ Launch either directly (Lightning's default ``popen`` launcher re-runs this scri
 ``torchrun --nproc-per-node=2 --max-restarts=1`` (TorchElastic environment detected by Lightning). Every rank writes
 ``rank{r}.pt`` with its final flat parameters and strategy state. With ``--crash-step K`` rank 1 dies with
 ``os._exit(1)`` before optimizer step K+1 on the first attempt only (``TORCHELASTIC_RESTART_COUNT == 0``); a restart
-resumes from ``ckpt/last.ckpt`` (saved at every epoch end).
+resumes from ``ckpt/last.ckpt`` (saved at every epoch end). Run it with the repository root on ``PYTHONPATH`` (the
+test does), so ``tests.helpers`` imports.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
-import lightning.pytorch as pl  # noqa: E402
-import torch  # noqa: E402
-from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
-
-from lightning_autoopt.strategies import registered_strategies  # noqa: E402
-from tests.helpers import TinyClassifier, TinyDataModule, flat_params  # noqa: E402
+from lightning_autoopt.strategies import registered_strategies
+from tests.helpers import TinyClassifier, TinyDataModule, flat_params
 
 STRATEGY_ARGS = {"lsgd": {"period": 3, "pull_strength": 0.5}, "easgd": {"period": 3}, "localsgd": {"period": 3}}
 

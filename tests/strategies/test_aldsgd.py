@@ -7,11 +7,10 @@ import math
 import pytest
 import torch
 import torch.distributed as dist
-from lightning.pytorch import Trainer
 
 import lightning_autoopt  # noqa: F401
 from lightning_autoopt.strategies import ALDSGDStrategy
-from tests.helpers import TinyClassifier, TinyDataModule
+from tests.helpers import TinyClassifier, TinyDataModule, make_trainer
 from tests.strategies._gloo_pool import run_on_pool, shared_pool
 from tests.strategies._local_update_helpers import FlatRecorder, detached
 
@@ -133,19 +132,14 @@ def test_loss_window_signal():
 
 @pytest.mark.slow
 def test_four_process_fit_with_dynamic_graph(tmp_path):
-    trainer = Trainer(
-        accelerator="cpu",
+    trainer = make_trainer(
+        tmp_path,
+        [FlatRecorder(str(tmp_path))],
         devices=4,
         strategy=ALDSGDStrategy(graph="ring", dynamic_graph="complete", period=2, start_method="spawn"),
         max_steps=6,
         limit_val_batches=1,
         num_sanity_val_steps=0,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        logger=False,
-        default_root_dir=tmp_path,
-        callbacks=[FlatRecorder(str(tmp_path))],
     )
     trainer.fit(TinyClassifier(), TinyDataModule())
     runs = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(4)]

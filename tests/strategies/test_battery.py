@@ -16,7 +16,7 @@ from lightning.pytorch.strategies import StrategyRegistry
 
 import lightning_autoopt  # noqa: F401
 from lightning_autoopt.strategies import CHECKPOINT_KEY, registered_strategies
-from tests.helpers import TinyClassifier, TinyDataModule
+from tests.helpers import TinyClassifier, TinyDataModule, make_trainer
 from tests.strategies._battery import CASES, POLICY_CHECKS
 from tests.strategies._local_update_helpers import FlatRecorder
 
@@ -45,22 +45,16 @@ def test_bad_arguments_and_one_device(name):
 def _fit(tmp_path, name, out, ckpt_path=None):
     os.makedirs(out, exist_ok=True)
     cls = registered_strategies()[name]
-    trainer = Trainer(
-        accelerator="cpu",
+    trainer = make_trainer(
+        tmp_path,
+        [FlatRecorder(str(out)), ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)],
         devices=2,
         strategy=cls(start_method="spawn", **CASES[name]),
         max_epochs=2,
         limit_train_batches=4,
         limit_val_batches=1,
         num_sanity_val_steps=1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        logger=False,
-        default_root_dir=tmp_path,
-        callbacks=[
-            FlatRecorder(str(out)),
-            ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1),
-        ],
+        enable_checkpointing=True,
     )
     trainer.fit(TinyClassifier(momentum=0.9), TinyDataModule(), ckpt_path=ckpt_path)
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]

@@ -19,7 +19,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.strategies import StrategyRegistry
 
 from lightning_autoopt.strategies import LocalUpdateStrategy, _comm, check_period, check_strength, register_strategy
-from tests.helpers import TinyClassifier, TinyDataModule, flat_params
+from tests.helpers import TinyClassifier, TinyDataModule, flat_params, make_trainer
 
 
 # --- begin example (docs/methods/local_update.md) ---------------------------------------------------------------
@@ -128,18 +128,8 @@ def test_pure_parts_validation_registration_and_schedule():
 @pytest.mark.timeout(120)
 def test_tiny_fit_two_spawned_processes(tmp_path):
     strategy = PartialAveragingStrategy(period=2, strength=1.0, start_method="spawn")
-    trainer = Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy=strategy,
-        max_steps=6,
-        limit_val_batches=0,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        logger=False,
-        default_root_dir=tmp_path,
-        callbacks=[_Recorder(str(tmp_path))],
+    trainer = make_trainer(
+        tmp_path, [_Recorder(str(tmp_path))], devices=2, strategy=strategy, max_steps=6, limit_val_batches=0
     )
     model = TinyClassifier()
     start = flat_params(model)

@@ -6,28 +6,17 @@ import os
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
 
 import lightning_autoopt  # noqa: F401
-from tests.helpers import TinyClassifier, TinyDataModule, flat_params
+from tests.helpers import TinyClassifier, TinyDataModule, flat_params, make_trainer
 from tests.strategies._local_update_helpers import FlatRecorder, ManualTiny, NaNOnRank, RecordingLSGD
 
 pytestmark = pytest.mark.slow
 
 
 def _trainer(tmp_path, strategy, devices=2, max_steps=8, **kwargs):
-    return Trainer(
-        accelerator="cpu",
-        devices=devices,
-        strategy=strategy,
-        max_steps=max_steps,
-        limit_val_batches=0,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        logger=False,
-        default_root_dir=tmp_path,
-        **kwargs,
+    return make_trainer(
+        tmp_path, strategy=strategy, devices=devices, max_steps=max_steps, limit_val_batches=0, **kwargs
     )
 
 
