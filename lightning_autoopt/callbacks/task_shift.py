@@ -110,15 +110,7 @@ class TaskShiftDetector(Callback):
         super().__init__()
         if not loss_key:
             raise ValueError("`loss_key` must be a non-empty string naming the loss in training_step's output dict.")
-        self.config = DetectorConfig(
-            window=window,
-            ema_alpha=ema_alpha,
-            k_sigma=k_sigma,
-            std_floor=std_floor,
-            min_history=min_history,
-            initial_loss=initial_loss,
-            lag=lag,
-        )
+        self.config = DetectorConfig.pick(locals())
         self.detector = LossShiftDetector(self.config)
         self.loss_key = loss_key
         self.reset_optimizer_state = reset_optimizer_state

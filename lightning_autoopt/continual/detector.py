@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 
@@ -72,6 +73,17 @@ class DetectorConfig:
             raise ValueError(f"`lag` must be an integer >= 0 (0 = TAME's code), got {lag!r}.")
         if self.initial_loss is not None and not math.isfinite(self.initial_loss):
             raise ValueError(f"`initial_loss` must be finite or None, got {self.initial_loss!r}.")
+
+    @classmethod
+    def pick(cls, values: Mapping[str, Any], **overrides: Any) -> DetectorConfig:
+        """The config of the settings found in ``values`` (e.g. a caller's ``locals()``), plus ``overrides``.
+
+        Example::
+
+            self.config = DetectorConfig.pick(locals())  # in an __init__ taking window, ema_alpha, ...
+        """
+        names = {f.name for f in fields(cls)}
+        return cls(**{**{k: v for k, v in values.items() if k in names}, **overrides})
 
 
 DETECTOR_DEFAULTS = DetectorConfig()

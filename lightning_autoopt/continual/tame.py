@@ -148,15 +148,7 @@ class TAME(pl.LightningModule):
             raise ValueError(f"`input_shape` must be a list of positive sizes, e.g. [1, 40], got {input_shape}.")
         self.save_hyperparameters()
         # Validates the detector settings eagerly (the same settings build every expert's detector).
-        self.detector_config = DetectorConfig(
-            window=window,
-            ema_alpha=ema_alpha,
-            k_sigma=k_sigma,
-            std_floor=std_floor,
-            min_history=min_history,
-            initial_loss=math.log(num_classes),
-            lag=lag,
-        )
+        self.detector_config = DetectorConfig.pick(locals(), initial_loss=math.log(num_classes))
         self.automatic_optimization = False
         self.input_shape = None if input_shape is None else [int(s) for s in input_shape]
         self.experts = nn.ModuleList()

@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_autoopt.strategies import registered_strategies
-from tests.helpers import TinyClassifier, TinyDataModule, flat_params
+from tests.helpers import TinyClassifier, TinyDataModule, flat_params, make_trainer
 
 STRATEGY_ARGS = {"lsgd": {"period": 3, "pull_strength": 0.5}, "easgd": {"period": 3}, "localsgd": {"period": 3}}
 
@@ -69,19 +69,16 @@ def main() -> None:
     callbacks: list[pl.Callback] = [Dump(out), ModelCheckpoint(dirpath=out / "ckpt", save_last=True, every_n_epochs=1)]
     if args.crash_step >= 0:
         callbacks.append(Crash(args.crash_step))
-    trainer = pl.Trainer(
-        accelerator="cpu",
+    trainer = make_trainer(
+        out,
+        callbacks,
         devices=2,
         num_nodes=1,
         strategy=strategy,
         max_epochs=args.epochs,
         limit_train_batches=4,
         limit_val_batches=0,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        logger=False,
-        default_root_dir=out,
-        callbacks=callbacks,
+        enable_checkpointing=True,
     )
     trainer.fit(TinyClassifier(momentum=0.9), TinyDataModule(), ckpt_path=ckpt_path)
 
