@@ -5,6 +5,7 @@ New strategies subclass :class:`LocalUpdateStrategy` and call :func:`register_st
 """
 
 from lightning_autoopt.strategies.aldsgd import ALDSGDStrategy
+from lightning_autoopt.strategies.diloco import DiLoCoStrategy
 from lightning_autoopt.strategies.dpsgd import DPSGDStrategy
 from lightning_autoopt.strategies.easgd import EASGDStrategy
 from lightning_autoopt.strategies.grawa import GRAWAStrategy, LGRAWAStrategy
@@ -27,11 +28,13 @@ for _cls in (
     LGRAWAStrategy,
     DPSGDStrategy,
     ALDSGDStrategy,
+    DiLoCoStrategy,
 ):
     register_strategy(_cls)
 
 __all__ = [
     "ALDSGDStrategy",
+    "DiLoCoStrategy",
     "DPSGDStrategy",
     "GRAWAStrategy",
     "LGRAWAStrategy",
