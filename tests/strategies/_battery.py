@@ -20,6 +20,7 @@ CASES: dict[str, dict[str, Any]] = {
     "lgrawa": {"period": 3, "pull_strength": 0.5},
     "dpsgd": {"period": 3},
     "aldsgd": {"period": 3},
+    "diloco": {"period": 3, "eval_policy": "average"},  # "global" is checked in test_diloco.py
 }
 
 LEADER_BASED = ["lsgd"]
@@ -51,3 +52,4 @@ def _policy_center(stored: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 POLICY_CHECKS = {"lsgd": _policy_leader, "easgd": _policy_center, "localsgd": _policy_average}
 POLICY_CHECKS.update(dict.fromkeys(["mgrawa", "lgrawa", "dpsgd", "aldsgd"], _policy_average))  # strategies II
+POLICY_CHECKS["diloco"] = _policy_average  # issue 13; its default "global" policy: tests/strategies/test_diloco.py
