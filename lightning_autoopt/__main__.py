@@ -1,4 +1,4 @@
-"""``python -m lightning_autoopt fit --config recipes/<recipe>.yaml``."""
+"""``python -m lightning_autoopt ...`` is the ``autoopt`` command, e.g. ``fit --config recipe:autodrop_mnist1d``."""
 
 from lightning_autoopt.cli import main
 
