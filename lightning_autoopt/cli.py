@@ -7,9 +7,9 @@ The recipes shipped with the package (:mod:`lightning_autoopt.recipes`) run with
 ``--config recipe:NAME`` loads the recipe ``NAME`` (with ``fit``, ``validate``, ``test`` and ``predict``), and
 ``autoopt recipes`` lists them. A path to your own YAML file works as in any LightningCLI.
 
-Compared with a plain LightningCLI the output is quieter: Lightning's promotional tips ("💡 Tip: ... litlogger /
-litmodels") and a known deprecation warning raised inside Lightning itself (not by your code) are dropped; every
-other message and warning is kept.
+Compared with a plain LightningCLI the output is quieter: Lightning's promotional tips (the "Tip: ... try
+installing litlogger / litmodels" lines) and a known deprecation warning raised inside Lightning itself (not by
+your code) are dropped; every other message and warning is kept.
 
 Example::
 
@@ -52,7 +52,7 @@ _TIP_PREFIX = "💡 Tip:"
 
 
 class _DropLightningTips(logging.Filter):
-    """Logging filter that drops Lightning's promotional "💡 Tip: ..." messages and keeps everything else."""
+    """Logging filter that drops Lightning's promotional "Tip: ..." messages and keeps everything else."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).lstrip().startswith(_TIP_PREFIX)
