@@ -55,7 +55,7 @@ WHEEL_WORK ?= /tmp/lightning-autoopt-wheel-work
 
 wheel-check: $(STAMP)
 	rm -rf dist build *.egg-info $(WHEEL_VENV) $(WHEEL_WORK)  # a stale SOURCES.txt would hide missing package data
-	$(BIN)/python -m build --no-isolation --outdir dist .
+	$(BIN)/python -m build --quiet --no-isolation --outdir dist .
 	$(BIN)/python tests/_dist_contents.py dist
 	$(PY) -m venv $(WHEEL_VENV)
 	$(WHEEL_VENV)/bin/python -m pip install --quiet --upgrade pip
