@@ -74,8 +74,8 @@ docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 lint: $(STAMP)
-	$(BIN)/ruff format --check lightning_autoopt tests benchmarks
-	$(BIN)/ruff check lightning_autoopt tests benchmarks
+	$(BIN)/ruff format --check lightning_autoopt tests benchmarks docs/hooks.py
+	$(BIN)/ruff check lightning_autoopt tests benchmarks docs/hooks.py
 	$(BIN)/mypy
 
 clean:
