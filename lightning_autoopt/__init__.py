@@ -7,7 +7,7 @@ Only ``lightning.pytorch`` (the unified ``lightning`` package) is supported, not
 ``pytorch_lightning`` distribution: the two have separate class hierarchies and registries.
 """
 
-from lightning_autoopt import callbacks, continual, data, landscape, models, strategies
+from lightning_autoopt import callbacks, continual, data, landscape, models, recipes, strategies
 from lightning_autoopt.__about__ import __version__
 
-__all__ = ["__version__", "callbacks", "continual", "data", "landscape", "models", "strategies"]
+__all__ = ["__version__", "callbacks", "continual", "data", "landscape", "models", "recipes", "strategies"]

@@ -20,7 +20,7 @@ and on Ctrl-C/SIGTERM; namespaces left behind by a killed run (named ``lao<pid>.
 Command line (prints the bytes that crossed each link when the command ends)::
 
     python -m lightning_autoopt.cluster --nodes 2 --nproc-per-node 2 --link 200mbit -- \
-        fit --config recipes/localsgd_mnist1d.yaml
+        fit --config recipe:localsgd_mnist1d
     python -m lightning_autoopt.cluster --nodes 1 --nproc-per-node 4 --link 100mbit -- my_train_script.py --lr 0.1
 
 A command starting with ``fit``/``validate``/``test``/``predict`` runs this package's Lightning CLI with
@@ -675,7 +675,7 @@ def torchrun_command(command: Sequence[str], nodes: int, nproc_per_node: int) ->
     """
     argv = list(command)
     if not argv:
-        raise ValueError("give the command to run after `--`, e.g. `-- fit --config recipes/localsgd_mnist1d.yaml`.")
+        raise ValueError("give the command to run after `--`, e.g. `-- fit --config recipe:localsgd_mnist1d`.")
     first = argv[0]
     if first in _CLI_SUBCOMMANDS:
         return [
@@ -707,7 +707,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "examples:\n"
             "  python -m lightning_autoopt.cluster --nodes 2 --nproc-per-node 2 --link 200mbit -- "
-            "fit --config recipes/localsgd_mnist1d.yaml\n"
+            "fit --config recipe:localsgd_mnist1d\n"
             "  python -m lightning_autoopt.cluster --nodes 1 --nproc-per-node 4 --link 100mbit -- train.py --lr 0.1"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -1,6 +1,6 @@
 """``make demo``: train the AutoDrop recipe on MNIST-1D, test it, and plot the LR and angular velocity.
 
-Runs ``recipes/autodrop_mnist1d.yaml`` through :class:`~lightning_autoopt.cli.AutoOptCLI` (the same path as
+Runs the ``autodrop_mnist1d`` recipe through :class:`~lightning_autoopt.cli.AutoOptCLI` (the same path as
 ``autoopt fit --config ...``), evaluates the final weights on the test split, writes the LR / angular-velocity plot
 with the drops marked (from the CSV log) and prints where everything went.
 
@@ -21,15 +21,10 @@ _RECIPE = "autodrop_mnist1d.yaml"
 
 
 def find_recipe(name: str = _RECIPE) -> Path:
-    """Locate ``recipes/<name>`` next to the package (a source checkout) or under the working directory."""
-    candidates = [Path(__file__).resolve().parents[1] / "recipes" / name, Path.cwd() / "recipes" / name]
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise FileNotFoundError(
-        f"Cannot find recipes/{name} (looked in {', '.join(str(c) for c in candidates)}); run the demo from a "
-        "source checkout of lightning-autoopt or pass --recipe PATH."
-    )
+    """The path of a recipe shipped inside the package (works from a wheel as well as from a clone)."""
+    from lightning_autoopt.recipes import recipe_path
+
+    return recipe_path(name)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, object]:

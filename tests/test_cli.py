@@ -1,4 +1,4 @@
-"""The console script: help text shows our arguments with their docstrings; strategy names resolve."""
+"""The console script: help text, usage line, `recipes` command, `recipe:NAME` configs, quiet output."""
 
 from __future__ import annotations
 
@@ -20,8 +20,11 @@ def test_callback_help_shows_autodrop_arguments_with_docstrings():
     proc = _run("fit", "--trainer.callbacks.help", "lightning_autoopt.callbacks.AutoDrop")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
+    assert out.startswith("usage: autoopt "), out[:200]
     for arg in ("drop_factor", "patience", "interval", "min_lr", "theta"):
-        assert f"--trainer.callbacks.{arg}" in out, f"{arg} missing from help:\n{out}"
+        # jsonargparse 4.53 prints `--trainer.callbacks.ARG`, 4.30 (our lowest) `--trainer.callbacks.init_args.ARG`
+        flags = (f"--trainer.callbacks.{arg} ", f"--trainer.callbacks.init_args.{arg} ")
+        assert any(flag in out for flag in flags), f"{arg} missing from help:\n{out}"
     # the docstring's Args: text reaches the help (not just the bare names)
     assert "(type: float" in out and "default:" in out
     assert "Set ``trainer.should_stop``" in out
@@ -40,3 +43,146 @@ def test_strategy_names_registered_on_import(name: str):
     import lightning_autoopt  # noqa: F401
 
     assert name in StrategyRegistry.available_strategies()
+
+
+def test_module_usage_line_says_autoopt():
+    proc = _run("--help")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("usage: autoopt "), proc.stdout[:300]
+    assert "__main__" not in proc.stdout
+    assert "autoopt recipes" in proc.stdout  # the epilog points at the recipes
+
+
+def test_fit_usage_line_says_autoopt():
+    proc = _run("fit", "--help")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("usage: autoopt [options] fit"), proc.stdout[:300]
+
+
+def test_recipes_command_lists_every_recipe_with_its_description(capsys: pytest.CaptureFixture[str]):
+    from lightning_autoopt.cli import main
+    from lightning_autoopt.recipes import list_recipes, recipe_description
+
+    main(["recipes"])
+    out = capsys.readouterr().out
+    assert "autoopt fit --config recipe:NAME" in out
+    for name in list_recipes():
+        line = next((ln for ln in out.splitlines() if ln.split()[:1] == [name]), None)
+        assert line is not None, f"{name} not listed:\n{out}"
+        assert recipe_description(name) in line
+
+
+def test_recipes_command_prints_a_recipe_and_its_path(capsys: pytest.CaptureFixture[str]):
+    from lightning_autoopt.cli import main
+    from lightning_autoopt.recipes import recipe_path
+
+    main(["recipes", "lsgd_mnist1d"])
+    assert capsys.readouterr().out == recipe_path("lsgd_mnist1d").read_text()
+    main(["recipes", "lsgd_mnist1d", "--path"])
+    assert capsys.readouterr().out.strip() == str(recipe_path("lsgd_mnist1d"))
+
+
+def test_recipes_command_typo_exits_with_the_names(capsys: pytest.CaptureFixture[str]):
+    from lightning_autoopt.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["recipes", "lsgd_mnist"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Did you mean 'lsgd_mnist1d'?" in err and "autodrop_mnist1d" in err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["fit", "--config", "recipe:autodrop_mnist1d"],
+        ["fit", "-c", "recipe:autodrop_mnist1d"],
+        ["fit", "--config=recipe:autodrop_mnist1d"],
+        ["--config", "recipe:autodrop_mnist1d", "validate"],
+    ],
+)
+def test_resolve_recipe_args_replaces_only_the_recipe(args: list[str]):
+    from lightning_autoopt.cli import resolve_recipe_args
+    from lightning_autoopt.recipes import recipe_path
+
+    path = str(recipe_path("autodrop_mnist1d"))
+    out = resolve_recipe_args([*args, "--trainer.max_epochs=1", "--model", "recipe_like_value"])
+    assert len(out) == len(args) + 3
+    assert any(a in (path, f"--config={path}") for a in out), out
+    assert not any("recipe:" in a for a in out), out
+    assert out[-3:] == ["--trainer.max_epochs=1", "--model", "recipe_like_value"]
+
+
+def test_cli_config_recipe_typo_is_a_usage_error(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
+    from lightning_autoopt.cli import AutoOptCLI
+
+    monkeypatch.setattr(sys, "argv", ["autoopt"])
+    with pytest.raises(SystemExit) as info:
+        AutoOptCLI(args=["fit", "--config", "recipe:autodrop"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Unknown recipe 'autodrop'" in err and "autodrop_mnist1d" in err
+
+
+def test_validate_subcommand_runs_a_recipe_by_name(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    # The recipe: form is resolved before jsonargparse parses, so subcommands other than fit take it too.
+    from lightning_autoopt.cli import AutoOptCLI
+
+    monkeypatch.setattr(sys, "argv", ["autoopt"])
+    monkeypatch.chdir(tmp_path)
+    cli = AutoOptCLI(
+        args=[
+            "validate",
+            "--config",
+            "recipe:autodrop_mnist1d",
+            "--trainer.limit_val_batches=2",
+            "--trainer.logger=false",
+            f"--trainer.default_root_dir={tmp_path}",
+        ]
+    )
+    assert cli.trainer.state.fn == "validate"
+    assert "val_acc" in cli.trainer.callback_metrics
+
+
+def test_lightning_tips_are_dropped_other_messages_kept():
+    import logging
+
+    from lightning.fabric.utilities.rank_zero import rank_zero_module
+    from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+    from lightning_autoopt.cli import silence_lightning_noise
+
+    records: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    logger = rank_zero_module.log
+    handler, level = _Collect(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        silence_lightning_noise()
+        silence_lightning_noise()  # idempotent
+        rank_zero_info("💡 Tip: For seamless cloud logging, try installing [litlogger](...)")
+        rank_zero_info("GPU available: False, used: False")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert records == ["GPU available: False, used: False"]
+
+
+def test_lightning_internal_leafspec_deprecation_is_dropped_others_kept():
+    import warnings
+
+    from lightning_autoopt.cli import silence_lightning_noise
+
+    msg = "`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec)` instead."
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        silence_lightning_noise()
+        warnings.warn_explicit(msg, FutureWarning, "_pytree.py", 21, module="lightning.pytorch.utilities._pytree")
+        warnings.warn_explicit(msg, FutureWarning, "user.py", 1, module="my_project.train")  # raised by user code
+        warnings.warn_explicit("other", FutureWarning, "_pytree.py", 22, module="lightning.pytorch.utilities._pytree")
+    assert [(str(w.message), w.filename) for w in caught] == [(msg, "user.py"), ("other", "_pytree.py")]
