@@ -1,5 +1,8 @@
 """Loss-landscape probes as pure functions (no Trainer): loss functional, HVPs, spectra and sharpness measures.
 
+The loss of a model on a batch follows one contract, ``loss_fn(model, batch) -> scalar``
+(:mod:`~lightning_autoopt.landscape.batch_loss`); by default it is picked from the model and the batch.
+
 Example::
 
     from lightning_autoopt.landscape import compute_measure, list_measures, make_fixed_batches
@@ -9,6 +12,16 @@ Example::
         print(name, compute_measure(name, model, batches, init_params=theta0))
 """
 
+from lightning_autoopt.landscape.batch_loss import (
+    BatchLayout,
+    BatchLoss,
+    ForwardLoss,
+    MethodLoss,
+    SupervisedLoss,
+    TrainingStepLoss,
+    batch_size,
+    resolve_loss,
+)
 from lightning_autoopt.landscape.hvp import DenseOperator, HVPOperator
 from lightning_autoopt.landscape.loss import LossFunctional, evaluation_mode, make_fixed_batches
 from lightning_autoopt.landscape.measures import (
@@ -29,6 +42,7 @@ from lightning_autoopt.landscape.registry import (
     compute_measure,
     get_measure,
     list_measures,
+    needs_class_scores,
 )
 from lightning_autoopt.landscape.snapshot import ParamSnapshot
 from lightning_autoopt.landscape.spectrum import (
@@ -45,12 +59,19 @@ from lightning_autoopt.landscape.spectrum import (
 )
 
 __all__ = [
+    "BatchLayout",
+    "BatchLoss",
     "DenseOperator",
+    "ForwardLoss",
     "HVPOperator",
     "LossFunctional",
     "MeasureInfo",
+    "MethodLoss",
     "ParamSnapshot",
+    "SupervisedLoss",
     "TraceEstimate",
+    "TrainingStepLoss",
+    "batch_size",
     "check_measure_kwargs",
     "compute_measure",
     "density_on_grid",
@@ -68,11 +89,13 @@ __all__ = [
     "lanczos",
     "list_measures",
     "local_entropy",
+    "needs_class_scores",
     "lpf",
     "make_fixed_batches",
     "pac_bayes",
     "power_iteration",
     "rademacher",
+    "resolve_loss",
     "shannon",
     "slq_density",
     "to_normalized_coordinates",

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import warnings
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
-from torch.func import functional_call, grad, jvp, vmap
+from torch.func import grad, jvp, vmap
 
 from lightning_autoopt.landscape.loss import LossFunctional
 
@@ -28,7 +29,10 @@ class HVPOperator:
       (all standard layers have them).
 
     Both average the per-batch HVPs weighted by sample count and run in eval mode with the math attention backend
-    (fused SDPA kernels have neither double backward nor JVP). ``num_matvecs`` counts Hessian-vector products.
+    (fused SDPA kernels have neither double backward nor JVP). Both take any loss of the contract
+    (:mod:`~lightning_autoopt.landscape.batch_loss`); when ``"func"`` cannot trace a loss (``.item()`` or
+    data-dependent branches in it), the operator warns once and continues with ``"autograd"``. ``num_matvecs``
+    counts Hessian-vector products.
 
     Args:
         functional: The loss functional whose Hessian is wanted.
@@ -89,9 +93,18 @@ class HVPOperator:
         return torch.cat(out)
 
     def _block(self, vectors: Tensor) -> Tensor:
-        if self.backend == "autograd":
-            return self._block_autograd(vectors)
-        return self._block_func(vectors)
+        if self.backend == "func":
+            try:
+                return self._block_func(vectors)
+            except (RuntimeError, NotImplementedError) as err:
+                # e.g. a loss that calls .item() or branches on data: vmap/jvp cannot trace it, double backward can
+                warnings.warn(
+                    f"HVPOperator: the 'func' backend cannot trace this loss ({type(err).__name__}: "
+                    f"{str(err).splitlines()[0][:200]}); falling back to the 'autograd' backend.",
+                    stacklevel=2,
+                )
+                self.backend = "autograd"
+        return self._block_autograd(vectors)
 
     def _gradient_graphs(self) -> list[Tensor]:
         """Per-batch flat gradients with their graphs (``create_graph=True``), cached while the weights are unchanged.
@@ -107,8 +120,8 @@ class HVPOperator:
         self._graphs = None
         graphs = []
         with f.context(), torch.enable_grad():
-            for (x, y), w in zip(f.batches, f.weights):
-                loss = f.loss_fn(f.model(x), y) * w
+            for batch, w in zip(f.batches, f.weights):
+                loss = f.batch_loss(batch) * w
                 grads = torch.autograd.grad(loss, f.params, create_graph=True, allow_unused=True)
                 flat = f.flatten(grads)
                 graphs.append(flat)
@@ -124,11 +137,11 @@ class HVPOperator:
         graphs = self._gradient_graphs() if self.cache_graph else None
         result = torch.zeros_like(vectors)
         with f.context(), torch.enable_grad():
-            for b, ((x, y), w) in enumerate(zip(f.batches, f.weights)):
+            for b, (batch, w) in enumerate(zip(f.batches, f.weights)):
                 if graphs is not None:
                     flat = graphs[b]
                 else:
-                    loss = f.loss_fn(f.model(x), y) * w
+                    loss = f.batch_loss(batch) * w
                     flat = f.flatten(torch.autograd.grad(loss, f.params, create_graph=True, allow_unused=True))
                 if not flat.requires_grad:  # the loss is linear in every parameter: H = 0 on this batch
                     continue
@@ -163,10 +176,10 @@ class HVPOperator:
         theta = f.get_flat()
         result = torch.zeros_like(vectors)
         with f.context(), torch.enable_grad():
-            for (x, y), w in zip(f.batches, f.weights):
+            for batch, w in zip(f.batches, f.weights):
 
-                def batch_loss(flat: Tensor, x: Tensor = x, y: Tensor = y, w: float = w) -> Tensor:
-                    return f.loss_fn(functional_call(f.model, f.unflatten(flat), (x,)), y) * w
+                def batch_loss(flat: Tensor, batch: Any = batch, w: float = w) -> Tensor:
+                    return f.batch_loss(batch, flat) * w
 
                 def hvp(v: Tensor, batch_loss=batch_loss) -> Tensor:  # type: ignore[no-untyped-def]
                     return jvp(grad(batch_loss), (theta,), (v,))[1]

@@ -3,19 +3,31 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
+import random
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset, IterableDataset, default_collate
 
 from lightning_autoopt import _flat
+from lightning_autoopt.landscape.batch_loss import (
+    BatchLoss,
+    LossSpec,
+    batch_size,
+    cast_batch,
+    describe_loss,
+    predictions,
+    resolve_loss,
+)
 
-Batch = tuple[Tensor, Tensor]
-LossFn = Callable[[Tensor, Tensor], Tensor]
+Batch = Any
+"""A batch of any structure: a tensor, a tuple/list of any length, or a dict (see :mod:`.batch_loss`)."""
 
 
 def make_fixed_batches(
@@ -25,20 +37,23 @@ def make_fixed_batches(
     seed: int = 0,
     collate_fn: Callable[[list[Any]], Any] | None = None,
 ) -> list[Batch]:
-    """Draw a fixed, seeded subset of ``dataset`` and collate it into ``(x, y)`` batches.
+    """Draw a fixed, seeded subset of ``dataset`` and collate it into batches (of whatever structure it collates to).
 
     The subset is chosen with a private :class:`torch.Generator`, so neither the global RNG nor any dataloader's
-    sampler state is touched (iterating the trainer's loader would advance its RNG and change training).
+    sampler state is touched (iterating the trainer's loader would advance its RNG and change training). An
+    iterable-style dataset contributes its first ``num_samples`` items, read from a fresh iterator with the global
+    torch, ``random`` and NumPy RNG states saved and restored.
 
     Args:
-        dataset: A map-style dataset whose items collate to ``(x, y)``.
-        num_samples: How many samples to take (capped at ``len(dataset)``).
+        dataset: A map-style dataset (``len`` and ``[i]``) or an iterable-style one.
+        num_samples: How many samples to take (capped at the dataset's size).
         batch_size: Samples per batch.
-        seed: Seed of the private generator that picks the samples.
-        collate_fn: Collation function (default :func:`torch.utils.data.default_collate`).
+        seed: Seed of the private generator that picks the samples (map-style datasets).
+        collate_fn: Collation function (default :func:`torch.utils.data.default_collate`); pass the training
+            loader's ``collate_fn`` so probe batches look exactly like training batches.
 
     Returns:
-        A list of ``(x, y)`` tensor pairs.
+        A list of collated batches (tensors, tuples/lists or dicts).
 
     Raises:
         ValueError: If ``num_samples`` or ``batch_size`` is not positive, or the dataset is empty.
@@ -47,20 +62,28 @@ def make_fixed_batches(
         raise ValueError(f"`num_samples` must be >= 1, got {num_samples}.")
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
-    n = len(dataset)  # type: ignore[arg-type]
-    if n == 0:
+    if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+        items = _first_items(dataset, num_samples)
+    else:
+        n = len(dataset)  # type: ignore[arg-type]
+        generator = torch.Generator().manual_seed(int(seed))
+        indices = torch.randperm(n, generator=generator)[: min(num_samples, n)].tolist()
+        items = [dataset[i] for i in indices]
+    if not items:
         raise ValueError("The dataset is empty; cannot build landscape batches from it.")
-    generator = torch.Generator().manual_seed(int(seed))
-    indices = torch.randperm(n, generator=generator)[: min(num_samples, n)].tolist()
     collate = collate_fn or default_collate
-    batches: list[Batch] = []
-    for start in range(0, len(indices), batch_size):
-        items = [dataset[i] for i in indices[start : start + batch_size]]
-        batch = collate(items)
-        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-            raise ValueError("Landscape measures need datasets whose batches are `(x, y)` pairs.")
-        batches.append((batch[0], batch[1]))
-    return batches
+    return [collate(items[start : start + batch_size]) for start in range(0, len(items), batch_size)]
+
+
+def _first_items(dataset: Any, num_samples: int) -> list[Any]:
+    py_state = random.getstate()
+    np_state = np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            return list(itertools.islice(iter(dataset), num_samples))
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
 
 
 @contextlib.contextmanager
@@ -83,14 +106,20 @@ def evaluation_mode(model: nn.Module) -> Iterator[None]:
             m.training = mode
 
 
-def _resolve_loss(loss_fn: str | LossFn) -> LossFn:
-    if callable(loss_fn):
-        return loss_fn
-    if loss_fn == "cross_entropy":
-        return F.cross_entropy
-    if loss_fn == "mse":
-        return F.mse_loss
-    raise ValueError(f"`loss_fn` must be 'cross_entropy', 'mse' or a callable, got {loss_fn!r}.")
+class _BoundLoss(nn.Module):
+    """``batch -> loss_fn(model, batch)`` as a module.
+
+    So :func:`torch.func.functional_call` can swap ``model``'s parameters for any loss of the contract, not only for
+    ``model.forward``.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: BatchLoss) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: Any) -> Tensor:
+        return self.loss_fn(self.model, batch)
 
 
 class LossFunctional:
@@ -98,18 +127,24 @@ class LossFunctional:
 
     The parameters θ are the model's parameters that require grad, seen as one flat vector (``dim`` entries).
     Every evaluation runs in eval mode (BatchNorm uses running statistics, dropout is off), in the parameters'
-    floating dtype (fp32 for ordinary models; inputs are cast to it), with autocast disabled. Each batch's mean loss is
-    weighted by its number of samples, so uneven last batches count correctly (the LPF-SGD reference divides by the
-    number of batches instead).
+    floating dtype (fp32 for ordinary models; floating batch tensors are cast to it), with autocast disabled. Each
+    batch's mean loss is weighted by its number of samples (the leading size of its first tensor), so uneven last
+    batches count correctly (the LPF-SGD reference divides by the number of batches instead).
+
+    The loss follows the contract of :mod:`lightning_autoopt.landscape.batch_loss`: ``loss_fn(model, batch) ->
+    scalar``, picked by :func:`~lightning_autoopt.landscape.batch_loss.resolve_loss` from ``loss_fn`` and checked on
+    the first batch, so a loss that does not fit the model fails here, before any measure runs.
 
     Args:
-        model: The network; ``model(x)`` must return logits (or predictions for ``"mse"``).
-        batches: Fixed ``(x, y)`` batches, e.g. from :func:`make_fixed_batches`. Moved to the model's device.
-        loss_fn: ``"cross_entropy"`` (default), ``"mse"``, or a callable ``loss_fn(output, target)`` (mean
-            reduction).
+        model: The network.
+        batches: Fixed batches of any structure, e.g. from :func:`make_fixed_batches`. Moved to the model's device.
+        loss_fn: ``None``/``"auto"`` (the module's ``landscape_loss``, a loss returned by ``forward``, the
+            ``(x, y)`` convention with cross-entropy or MSE picked from the output and target, or a
+            LightningModule's ``training_step``), ``"cross_entropy"``, ``"mse"``, ``"training_step"``, a dotted
+            import path, or a callable ``loss_fn(model, batch) -> scalar`` (mean over the batch).
 
     Raises:
-        ValueError: If ``batches`` is empty or the model has no trainable parameters.
+        ValueError: If ``batches`` is empty, the model has no trainable parameters, or no loss fits the model.
 
     Example::
 
@@ -118,11 +153,10 @@ class LossFunctional:
         print(f.loss(), f.dim)
     """
 
-    def __init__(self, model: nn.Module, batches: Sequence[Batch], loss_fn: str | LossFn = "cross_entropy") -> None:
+    def __init__(self, model: nn.Module, batches: Sequence[Batch], loss_fn: LossSpec = None) -> None:
         if len(batches) == 0:
-            raise ValueError("`batches` is empty; give at least one (x, y) batch.")
+            raise ValueError("`batches` is empty; give at least one batch.")
         self.model = model
-        self.loss_fn = _resolve_loss(loss_fn)
         self.named_params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not self.named_params:
             raise ValueError("The model has no parameters with requires_grad=True to measure.")
@@ -130,20 +164,21 @@ class LossFunctional:
         first = self.params[0]
         self.device = first.device
         self.dtype = first.dtype if first.is_floating_point() else torch.float32
-        self.batches: list[Batch] = []
-        for x, y in batches:
-            x = x.to(self.device)
-            if x.is_floating_point():
-                x = x.to(self.dtype)
-            y = y.to(self.device)
-            if y.is_floating_point():
-                y = y.to(self.dtype)
-            self.batches.append((x, y))
-        self.num_samples = sum(int(y.shape[0]) for _, y in self.batches)
-        self.weights = [int(y.shape[0]) / self.num_samples for _, y in self.batches]
+        self.batches: list[Batch] = [cast_batch(b, self.device, self.dtype) for b in batches]
+        with self.context():
+            self.loss_fn: BatchLoss = resolve_loss(loss_fn, model, self.batches[0])
+        sizes = [batch_size(b) for b in self.batches]
+        self.num_samples = sum(sizes)
+        self.weights = [n / self.num_samples for n in sizes]
         self.shapes = [p.shape for p in self.params]
         self.numels = [p.numel() for p in self.params]
         self.dim = sum(self.numels)
+        self._bound = _BoundLoss(model, self.loss_fn)
+
+    def __repr__(self) -> str:
+        return (
+            f"LossFunctional({type(self.model).__name__}, {len(self.batches)} batches, {describe_loss(self.loss_fn)})"
+        )
 
     # ---------------------------------------------------------------- flat vector views
     def get_flat(self) -> Tensor:
@@ -167,28 +202,42 @@ class LossFunctional:
         return evaluation_mode(self.model)
 
     # ---------------------------------------------------------------- evaluations
+    def batch_loss(self, batch: Batch, theta: Tensor | None = None) -> Tensor:
+        """The mean loss of one batch at the current weights, or at the flat weights ``theta``.
+
+        With ``theta`` the evaluation is functional (for :mod:`torch.func` transforms); the parameters themselves
+        are not touched.
+        """
+        if theta is None:
+            return self.loss_fn(self.model, batch)
+        params = {f"model.{n}": v for n, v in self.unflatten(theta).items()}
+        return functional_call(self._bound, params, (batch,))
+
     def loss(self) -> float:
         """L at the current weights."""
         total = 0.0
         with self.context(), torch.no_grad():
-            for (x, y), w in zip(self.batches, self.weights):
-                total += w * float(self.loss_fn(self.model(x), y))
+            for batch, w in zip(self.batches, self.weights):
+                total += w * float(self.batch_loss(batch))
         return total
 
     def accuracy(self) -> float:
-        """Top-1 accuracy at the current weights (classification outputs)."""
-        correct = 0
+        """Top-1 accuracy at the current weights (needs a loss with class scores, see :func:`.predictions`)."""
+        correct, total = 0, 0
         with self.context(), torch.no_grad():
-            for x, y in self.batches:
-                correct += int((self.model(x).argmax(dim=-1) == y).sum())
-        return correct / self.num_samples
+            for batch in self.batches:
+                scores, labels = predictions(self.loss_fn, self.model, batch)
+                correct += int((scores.argmax(dim=-1) == labels).sum())
+                total += int(labels.numel())
+        return correct / max(total, 1)
 
     def predictive_entropy(self) -> float:
-        """Mean Shannon entropy (nats) of the softmax predictions."""
+        """Mean Shannon entropy (nats) of the softmax predictions (needs a loss with class scores)."""
         total = 0.0
         with self.context(), torch.no_grad():
-            for (x, _), w in zip(self.batches, self.weights):
-                logp = torch.log_softmax(self.model(x).float(), dim=-1)
+            for batch, w in zip(self.batches, self.weights):
+                scores, _ = predictions(self.loss_fn, self.model, batch)
+                logp = torch.log_softmax(scores.float(), dim=-1)
                 total += w * float(-(logp.exp() * logp).sum(dim=-1).mean())
         return total
 
@@ -197,8 +246,8 @@ class LossFunctional:
         total = 0.0
         grad = torch.zeros(self.dim, device=self.device, dtype=self.dtype)
         with self.context(), torch.enable_grad():
-            for (x, y), w in zip(self.batches, self.weights):
-                loss = self.loss_fn(self.model(x), y) * w
+            for batch, w in zip(self.batches, self.weights):
+                loss = self.batch_loss(batch) * w
                 grads = torch.autograd.grad(loss, self.params, allow_unused=True)
                 grad += self.flatten(grads)
                 total += float(loss.detach())
@@ -206,8 +255,7 @@ class LossFunctional:
 
     def batch_loss_and_grad(self, index: int) -> tuple[float, Tensor]:
         """Mean loss and flat gradient on the single batch ``index`` (used by the local-entropy measure)."""
-        x, y = self.batches[index]
         with self.context(), torch.enable_grad():
-            loss = self.loss_fn(self.model(x), y)
+            loss = self.batch_loss(self.batches[index])
             grads = torch.autograd.grad(loss, self.params, allow_unused=True)
         return float(loss.detach()), self.flatten(grads)

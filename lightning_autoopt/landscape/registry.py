@@ -18,7 +18,8 @@ from torch import nn
 
 from lightning_autoopt import _flat
 from lightning_autoopt.landscape import measures as _m
-from lightning_autoopt.landscape.loss import Batch, LossFn, LossFunctional
+from lightning_autoopt.landscape.batch_loss import LossSpec
+from lightning_autoopt.landscape.loss import Batch, LossFunctional
 from lightning_autoopt.landscape.normalize import filter_normalized_copy, to_normalized_coordinates
 from lightning_autoopt.landscape.snapshot import ParamSnapshot
 
@@ -34,6 +35,8 @@ class MeasureInfo:
         description: One line: what the number means.
         cost: Rough cost in loss passes over the probe batches.
         needs_init: Whether the measure needs the initial weights (``init_params``).
+        needs_class_scores: Whether the measure always needs class scores and labels from the loss (``predict``;
+            ``pac_bayes`` needs them only with ``target="accuracy"``, see :func:`needs_class_scores`).
         larger_is_sharper: Orientation: ``True`` when a larger value means a sharper minimum.
     """
 
@@ -43,6 +46,7 @@ class MeasureInfo:
     description: str = ""
     cost: str = ""
     needs_init: bool = False
+    needs_class_scores: bool = False
     larger_is_sharper: bool = True
 
 
@@ -102,6 +106,7 @@ _REGISTRY: dict[str, MeasureInfo] = {
             _m.shannon,
             description="mean predictive entropy (nats)",
             cost="1 loss pass",
+            needs_class_scores=True,
             larger_is_sharper=False,
         ),
         _info(
@@ -130,6 +135,18 @@ def get_measure(name: str) -> MeasureInfo:
     return _REGISTRY[name]
 
 
+def needs_class_scores(name: str, kwargs: Mapping[str, Any] | None = None) -> bool:
+    """Whether measure ``name`` with arguments ``kwargs`` needs class scores and labels from the loss.
+
+    ``shannon`` always does; ``pac_bayes`` with ``target="accuracy"``. Losses other than the classification
+    convention have none unless they define ``predict`` (see :func:`~lightning_autoopt.landscape.batch_loss.
+    predictions`).
+    """
+    info = get_measure(name)
+    options = {**info.defaults, **(kwargs or {})}
+    return info.needs_class_scores or options.get("target") == "accuracy"
+
+
 def check_measure_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
     """Validate keyword arguments for measure ``name``: names it accepts and values in range.
 
@@ -153,7 +170,7 @@ def compute_measure(
     model: nn.Module,
     batches: Sequence[Batch],
     *,
-    loss_fn: str | LossFn = "cross_entropy",
+    loss_fn: LossSpec = None,
     seed: int = 0,
     generator: torch.Generator | None = None,
     normalize: bool = False,
@@ -166,9 +183,12 @@ def compute_measure(
 
     Args:
         name: A registered measure (see :func:`list_measures`).
-        model: The network; ``model(x)`` returns logits.
-        batches: Fixed ``(x, y)`` batches (e.g. from :func:`make_fixed_batches`).
-        loss_fn: ``"cross_entropy"``, ``"mse"`` or a callable with mean reduction.
+        model: The network.
+        batches: Fixed batches of any structure (e.g. from :func:`make_fixed_batches`).
+        loss_fn: The loss contract of :mod:`~lightning_autoopt.landscape.batch_loss`: ``None`` (pick from the
+            module and the batch), ``"cross_entropy"``, ``"mse"``, ``"training_step"``, an import path, or a
+            callable ``loss_fn(model, batch) -> scalar``. A resolved loss (e.g. from ``SharpnessProbe``) is used as
+            is.
         seed: Seed of the private generator (ignored when ``generator`` is given).
         generator: Private RNG to use instead of a fresh ``torch.Generator().manual_seed(seed)``.
         normalize: Measure a filter-normalised deep copy (:func:`filter_normalized_copy`) instead of the model.
@@ -179,7 +199,8 @@ def compute_measure(
         The measure as a Python float (``nan`` when the loss or the weights are not finite).
 
     Raises:
-        ValueError: On an unknown measure or argument, or an argument value out of range (e.g. ``num_samples=0``).
+        ValueError: On an unknown measure or argument, an argument value out of range (e.g. ``num_samples=0``), a
+            loss that does not fit the model, or a measure that needs class scores with a loss that has none.
 
     Example::
 

@@ -125,8 +125,7 @@ def test_state_key_and_state_dict_roundtrip():
         ({"measures": []}, "measures"),
         ({"measures": ["flatness"]}, "Unknown sharpness measure"),
         ({"measures": ["lpf", "lpf"]}, "duplicates"),
-        ({"every_n_epochs": None}, "exactly one"),
-        ({"every_n_steps": 5}, "exactly one"),
+        ({"every_n_epochs": 2, "every_n_steps": 5}, "at most one"),
         ({"every_n_epochs": 0}, "every_n_epochs"),
         ({"data": "test"}, "data"),
         ({"max_batches": 0}, "max_batches"),
@@ -175,3 +174,84 @@ def test_step_probe_fires_once_per_optimizer_step_under_accumulation(tmp_path):
     _, trainer = fit(tmp_path, probe, model=TinyClassifier(), max_epochs=1, accumulate_grad_batches=2)
     assert trainer.global_step == 2
     assert [h["step"] for h in probe.history] == [1.0, 2.0]
+
+
+# ------------------------------------------------------------------ the loss contract and batches of any structure
+class TransferHookClassifier(TinyClassifier):
+    """Batches arrive as dicts from a custom collate; the module's own transfer hooks rescale and rename them."""
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        return {"inputs": batch["x"] * 2.0, "y": batch["y"]}
+
+    def forward(self, inputs):
+        return self.net(inputs)
+
+    def training_step(self, batch, batch_idx):
+        return torch.nn.functional.cross_entropy(self(batch["inputs"]), batch["y"])
+
+
+def dict_collate(items):
+    x, y = torch.utils.data.default_collate(items)
+    return {"x": x, "y": y}
+
+
+class DictCollateDataModule(TinyDataModule):
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(super().train_dataloader().dataset, batch_size=8, collate_fn=dict_collate)
+
+
+def test_probe_batches_use_the_loaders_collate_and_the_modules_transfer_hooks(tmp_path):
+    probe = SharpnessProbe(measures=["lpf", "shannon"], measure_kwargs={"lpf": {"num_samples": 2}}, max_batches=2)
+    fit(tmp_path, probe, model=TransferHookClassifier(), dm=DictCollateDataModule(), max_epochs=1, limit_val_batches=0)
+    batch = probe._batches[0]
+    assert set(batch) == {"inputs", "y"} and batch["inputs"].shape == (8, 8)
+    dataset = DictCollateDataModule().train_dataloader().dataset
+    rows = [int(torch.nonzero((dataset.tensors[0] * 2.0 == r).all(dim=1))[0]) for r in batch["inputs"]]
+    assert torch.equal(dataset.tensors[1][rows], batch["y"])  # the hook's output, sample by sample
+    assert probe.loss.layout.keys == ("inputs",) and probe.loss.layout.target == "y"
+    assert math.isfinite(probe.history[-1]["shannon"])
+
+
+def test_a_loss_that_does_not_fit_stops_fit_before_the_first_step(tmp_path):
+    from tests.callbacks._foreign_modules import RegressionDictModule
+
+    model = RegressionDictModule()
+    trainer = make_trainer(tmp_path, [SharpnessProbe(loss_fn="cross_entropy")])
+    with pytest.raises(ValueError, match="one value per target.*'mse'"):
+        trainer.fit(model)
+    assert trainer.global_step == 0
+    probe = SharpnessProbe(measures=["lpf"], measure_kwargs={"lpf": {"num_samples": 2}})
+    make_trainer(tmp_path, [probe]).fit(RegressionDictModule())  # the default picks MSE for this model
+    assert probe.loss.criterion == "mse" and probe.history[-1]["lpf"] > 0
+    with pytest.raises(ValueError, match="class scores"):
+        make_trainer(tmp_path, [SharpnessProbe(measures=["shannon"])]).fit(RegressionDictModule())
+    with pytest.raises(ValueError, match="class scores"):
+        SharpnessProbe(measures=["shannon"], loss_fn="mse")  # known at construction
+
+
+def test_loss_fn_from_yaml_by_import_path(tmp_path):
+    from lightning.pytorch.cli import LightningCLI
+
+    from tests.callbacks._foreign_modules import TwoOptimizerAutoencoder, reconstruction_loss
+
+    config = {
+        "trainer": {
+            "logger": False,
+            "enable_checkpointing": False,
+            "default_root_dir": str(tmp_path),
+            "callbacks": [
+                {
+                    "class_path": "lightning_autoopt.callbacks.SharpnessProbe",
+                    "init_args": {
+                        "measures": ["hessian_top"],
+                        "loss_fn": "tests.callbacks._foreign_modules.reconstruction_loss",
+                    },
+                }
+            ],
+        }
+    }
+    cli = LightningCLI(TwoOptimizerAutoencoder, run=False, args=config, save_config_callback=None)
+    probe = next(c for c in cli.trainer.callbacks if isinstance(c, SharpnessProbe))
+    assert probe.loss_fn in ("tests.callbacks._foreign_modules.reconstruction_loss", reconstruction_loss)
+    with pytest.raises(ValueError, match="not importable"):
+        SharpnessProbe(loss_fn="tests.callbacks._foreign_modules.no_such_loss")

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from torch.func import functional_call, hessian
+from torch.func import hessian
 
 from lightning_autoopt.landscape import HVPOperator, LossFunctional
 from tests.landscape._models import ConvBNNet, mlp_batches, tiny_mlp
@@ -11,8 +11,8 @@ def exact_hessian(f: LossFunctional) -> torch.Tensor:
 
     def loss(flat):
         out = 0.0
-        for (x, y), w in zip(f.batches, f.weights):
-            out = out + w * f.loss_fn(functional_call(f.model, f.unflatten(flat), (x,)), y)
+        for batch, w in zip(f.batches, f.weights):
+            out = out + w * f.batch_loss(batch, flat)
         return out
 
     with f.context():
