@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, cast
 
 import lightning.pytorch as pl
@@ -19,6 +20,8 @@ from lightning_autoopt.continual.buffer import ReservoirBuffer
 from lightning_autoopt.continual.detector import DETECTOR_DEFAULTS, DetectorConfig, LossShiftDetector
 from lightning_autoopt.continual.metrics import evaluate_tasks, match_detections, predict_in_chunks, task_mask_logits
 from lightning_autoopt.continual.pruning import global_magnitude_prune, make_pruning_permanent, sparsity
+from lightning_autoopt.landscape.batch_loss import BatchLoss, check_loss_spec, resolve_loss
+from lightning_autoopt.landscape.loss import evaluation_mode
 
 _BUFFER_MODES = ("class_balanced", "reservoir")
 _SELECTOR_INDEX = 100_000  # seed index of the selector (experts use 0, 1, 2, ...)
@@ -79,6 +82,12 @@ class TAME(pl.LightningModule):
         finetune_epochs: Fine-tuning epochs after each pruning (on the buffer).
         finetune_lr: Fine-tuning learning rate.
         seed: Seeds the buffer and the selector's shuffling (private generators).
+        loss_fn: The experts' loss, with the package's loss contract ``loss_fn(expert, (x, y)) -> scalar`` (see
+            :mod:`lightning_autoopt.landscape.batch_loss`): a callable or its dotted import path (YAML), or
+            ``"cross_entropy"``. ``None`` = cross-entropy of the logits (after ``sigmoid`` with
+            ``sigmoid_logits``). The same loss trains the experts, feeds their shift detectors, scores the old
+            experts at a shift and fine-tunes pruned experts; it is checked on the first batch. The selector always
+            uses cross-entropy over the expert labels.
 
     Raises:
         ValueError: If an argument is out of range or ``expert``/``selector`` cannot be built.
@@ -121,9 +130,16 @@ class TAME(pl.LightningModule):
         finetune_epochs: int = 5,
         finetune_lr: float = 0.005,
         seed: int = 0,
+        loss_fn: str | Callable[..., torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
         check_spec(expert, "expert")
+        check_loss_spec(loss_fn)
+        if loss_fn in ("auto", "training_step", "mse"):
+            raise ValueError(
+                f"TAME `loss_fn` must be None, 'cross_entropy', a callable loss_fn(expert, (x, y)) or its import "
+                f"path, got {loss_fn!r} (experts are classifiers over `num_classes` outputs)."
+            )
         if selector is not None:
             check_spec(selector, "selector")
         if num_classes < 2:
@@ -164,6 +180,7 @@ class TAME(pl.LightningModule):
         self.true_task_changes: list[tuple[int, int]] = []  # (batch, task id) where the true task changes
         self.task_expert_counts: dict[tuple[int, int], int] = {}
         self.final_metrics: dict[str, float] = {}
+        self._expert_loss_fn: BatchLoss | None = None
 
     @property
     def _hp(self) -> Any:
@@ -207,6 +224,17 @@ class TAME(pl.LightningModule):
         if self._hp.sigmoid_logits:
             logits = torch.sigmoid(logits)
         return F.cross_entropy(logits, y)
+
+    def _expert_loss(self, expert: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """An expert's mean loss on ``(x, y)``: ``loss_fn`` if given (checked once), else :meth:`_loss`."""
+        spec = self._hp.loss_fn
+        if spec is None:
+            return self._loss(expert(x), y)
+        if self._expert_loss_fn is None:
+            # Checked on a real batch, in eval mode and on a forked RNG so the check never shifts training.
+            with torch.random.fork_rng(devices=[]), evaluation_mode(expert):
+                self._expert_loss_fn = resolve_loss(spec, expert, (x, y))
+        return self._expert_loss_fn(expert, (x, y))
 
     # ------------------------------------------------------------------ Lightning
     @override
@@ -263,7 +291,7 @@ class TAME(pl.LightningModule):
             self.true_task_changes.append((self.batches_seen, task_id))
         optimizer = cast(LightningOptimizer, self.optimizers())
         current = self.current
-        loss = self._loss(self.experts[current](x), y)
+        loss = self._expert_loss(self.experts[current], x, y)
         value = float(loss.detach())
         if not math.isfinite(value):
             # Skipped and counted: a bad batch never triggers a shift and never updates an expert.
@@ -309,7 +337,7 @@ class TAME(pl.LightningModule):
                 expert = self.experts[e]
                 was_training = expert.training
                 expert.eval()
-                loss_e = float(self._loss(expert(x), y))
+                loss_e = float(self._expert_loss(expert, x, y))
                 expert.train(was_training)
                 candidates.append((e, loss_e))
         chosen = next((e for e, loss_e in candidates if self.detectors[e].fits(loss_e)), None)
@@ -326,7 +354,7 @@ class TAME(pl.LightningModule):
             self.spawn_batches.append(self.batches_seen)
             rank_zero_info(f"[TAME] shift at batch {self.batches_seen}: spawned expert {chosen}")
         self.current = chosen
-        loss = self._loss(self.experts[chosen](x), y)
+        loss = self._expert_loss(self.experts[chosen], x, y)
         value = float(loss.detach())
         if chosen == self.num_experts - 1 and self.expert_steps[chosen] == 0:
             self.detectors[chosen].observe(value)
@@ -347,7 +375,14 @@ class TAME(pl.LightningModule):
         rank_zero_info("[TAME] " + ", ".join(f"{k}={_fmt(v)}" for k, v in self.final_metrics.items()))
 
     def _train_on(
-        self, net: nn.Module, x: torch.Tensor, target: torch.Tensor, epochs: int, lr: float, seed: int
+        self,
+        net: nn.Module,
+        x: torch.Tensor,
+        target: torch.Tensor,
+        epochs: int,
+        lr: float,
+        seed: int,
+        expert: bool = False,
     ) -> None:
         if epochs == 0 or len(x) == 0:
             return
@@ -360,7 +395,8 @@ class TAME(pl.LightningModule):
             for i in range(0, len(x), bs):
                 idx = order[i : i + bs]
                 opt.zero_grad(set_to_none=True)
-                self._loss(net(x[idx].to(self.device)), target[idx].to(self.device)).backward()
+                xb, tb = x[idx].to(self.device), target[idx].to(self.device)
+                (self._expert_loss(net, xb, tb) if expert else self._loss(net(xb), tb)).backward()
                 opt.step()
         net.eval()
 
@@ -386,7 +422,7 @@ class TAME(pl.LightningModule):
         x, y, label = self.buffer.tensors()
         for e, expert in enumerate(self.experts):
             mask = label == e
-            self._train_on(expert, x[mask], y[mask], self._hp.finetune_epochs, self._hp.finetune_lr, e)
+            self._train_on(expert, x[mask], y[mask], self._hp.finetune_epochs, self._hp.finetune_lr, e, expert=True)
         make_pruning_permanent(list(self.experts))
 
     # ------------------------------------------------------------------ evaluation

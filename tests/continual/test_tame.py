@@ -137,3 +137,35 @@ def test_reservoir_buffer_is_class_balanced_and_uniform():
 def test_bad_args_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TAME(**kwargs)
+
+
+EXPERT_LOSS_CALLS: list[int] = []
+
+
+def smoothed_expert_loss(expert, batch):
+    """A custom expert loss of the package's contract loss_fn(module, batch)."""
+    x, y = batch
+    EXPERT_LOSS_CALLS.append(len(y))
+    return torch.nn.functional.cross_entropy(expert(x), y, label_smoothing=0.1)
+
+
+def per_sample_loss(expert, batch):
+    x, y = batch
+    return torch.nn.functional.cross_entropy(expert(x), y, reduction="none")
+
+
+def test_foreign_expert_with_a_custom_loss_by_import_path(tmp_path):
+    dm = TaskStreamDataModule(dataset="digits", kind="split", num_tasks=2, batches_per_task=10, batch_size=16)
+    spec = {"class_path": f"{__name__}._TinyNet", "init_args": {"hidden": 8}}
+    EXPERT_LOSS_CALLS.clear()
+    model = _tame(expert=spec, loss_fn=f"{__name__}.smoothed_expert_loss", selector_epochs=1)
+    make_trainer(tmp_path).fit(model, datamodule=dm)
+    assert model._expert_loss_fn is smoothed_expert_loss
+    assert len(EXPERT_LOSS_CALLS) >= 20  # every training batch (plus the check and any shift evaluations)
+    assert 0.0 <= model.final_metrics["class_il_acc"] <= 1.0
+    with pytest.raises(ValueError, match="scalar"):
+        make_trainer(tmp_path).fit(_tame(expert=spec, loss_fn=f"{__name__}.per_sample_loss"), datamodule=dm)
+    with pytest.raises(ValueError, match="loss_fn"):
+        _tame(loss_fn="mse")
+    with pytest.raises(ValueError, match="not importable"):
+        _tame(loss_fn=f"{__name__}.no_such_loss")
