@@ -42,6 +42,9 @@ class DCO(Callback):
        loss value is not changed; ``dco/penalty`` is logged.
 
     Only weight matrices of Linear/Conv layers (parameters with 2+ dimensions) are constrained, as in the code.
+    Any LightningModule with such weights and a single optimizer works (any number of parameter groups; manual
+    optimization too, where every ``optimizer.step()`` counts as a step); with several optimizers DCO refuses at
+    ``on_fit_start``, since one gradient snapshot would only cover the part of the model one optimizer steps.
     Under DDP the gradients are already averaged across ranks when the hook runs, and the autoencoder uses a
     private seeded generator, so every rank computes the same directions and the same penalty (no collective).
 
@@ -53,7 +56,10 @@ class DCO(Callback):
         ae_steps: Adam steps of the autoencoder fit.
         ae_lr: Adam learning rate of the autoencoder (DCO code: 1e-2).
         skip_recent: Gradients / weights of the last steps before a *detector* event that are ignored (they may
-            belong to the new task already); given boundaries are exact, so they use 0.
+            belong to the new task already); given boundaries are exact, so they use 0. ``None`` (default) derives
+            it from ``num_gradients``: ``min(5, (num_gradients - 2) // 2)``, so at least half of the kept
+            gradients (and never fewer than 2) reach the autoencoder (5 with the default 32; 0 with
+            ``num_gradients=2``). An explicit value must be in ``[0, num_gradients - 2]``.
         penalty_grad_clip: Norm clip of the penalty gradient (DCO code: 20); ``0`` disables clipping.
         seed: Seed of the autoencoder initialisation.
         report: At the end of training, evaluate the module per task on ``datamodule.eval_tensors()`` (when the
@@ -61,7 +67,8 @@ class DCO(Callback):
             :func:`~lightning_autoopt.continual.metrics.evaluate_tasks` and print the scores.
 
     Raises:
-        ValueError: If an argument is out of range.
+        ValueError: If an argument is out of range; at ``on_fit_start``, if the module has no trainable weight
+            matrix or uses more than one optimizer.
 
     Example::
 
@@ -77,7 +84,7 @@ class DCO(Callback):
         num_gradients: int = 32,
         ae_steps: int = 200,
         ae_lr: float = 1e-2,
-        skip_recent: int = 5,
+        skip_recent: int | None = None,
         penalty_grad_clip: float = 20.0,
         seed: int = 0,
         report: bool = True,
@@ -93,8 +100,14 @@ class DCO(Callback):
             raise ValueError(f"`num_gradients` must be >= 2 (pairs of consecutive gradients), got {num_gradients}.")
         if ae_steps < 1 or ae_lr <= 0:
             raise ValueError(f"`ae_steps` must be >= 1 and `ae_lr` > 0, got {ae_steps} and {ae_lr}.")
-        if skip_recent < 0 or skip_recent >= num_gradients - 1:
-            raise ValueError(f"`skip_recent` must be in [0, num_gradients - 1), got {skip_recent}.")
+        if skip_recent is None:
+            skip_recent = min(5, (num_gradients - 2) // 2)
+        elif skip_recent < 0 or skip_recent > num_gradients - 2:
+            raise ValueError(
+                f"`skip_recent` must be in [0, num_gradients - 2] = [0, {num_gradients - 2}] so that at least one pair "
+                f"of gradients is left, got {skip_recent}; raise `num_gradients` or leave `skip_recent=None` to "
+                "derive it."
+            )
         if penalty_grad_clip < 0:
             raise ValueError(f"`penalty_grad_clip` must be >= 0 (0 disables it), got {penalty_grad_clip}.")
         self.boundaries = sorted({int(b) for b in boundaries or []})
@@ -128,8 +141,14 @@ class DCO(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._weights_of(pl_module):
             raise ValueError("DCO constrains weight matrices (2+ dims): the module has no trainable one.")
+        if len(trainer.optimizers) > 1:
+            raise ValueError(
+                f"DCO needs a single optimizer (any number of parameter groups), got {len(trainer.optimizers)}: its "
+                "gradient snapshots and penalty step cover the whole model at once. Put the parameters in one "
+                "optimizer with several parameter groups, or drop DCO."
+            )
         if not pl_module.automatic_optimization:
-            rank_zero_warn("DCO is designed for automatic optimization; with manual optimization every step() counts.")
+            rank_zero_info("DCO with manual optimization: every optimizer.step() counts as a step.")
 
     # ------------------------------------------------------------------ per step
     @override

@@ -60,8 +60,9 @@ class LPFSGD(Callback):
     M draws per update (``num_draws``): the reference splits each batch into M micro-batches with one noise draw
     each and accumulates their gradients. In Lightning that *is* gradient accumulation: use
     ``Trainer(accumulate_grad_batches=M)`` with the batch size divided by M; a new draw is made for every
-    micro-batch. ``num_draws`` must equal ``accumulate_grad_batches`` (checked at setup) so configurations stay
-    explicit. Cost per update is the same as SGD (M smaller forward/backward passes), unlike SAM's two passes.
+    micro-batch. By default (``num_draws=None``) M is the Trainer's ``accumulate_grad_batches``; an explicit
+    ``num_draws`` must equal it (checked at setup). Cost per update is the same as SGD (M smaller forward/backward
+    passes), unlike SAM's two passes.
 
     Randomness: each draw uses a private generator seeded from (``seed``, global rank, draw counter); the global RNG
     is never touched. Under DDP every rank draws its own noise (M × world-size Monte-Carlo samples per update,
@@ -78,7 +79,8 @@ class LPFSGD(Callback):
         schedule: ``"constant"`` or ``"cosine_increase"``.
         increase_factor: α, the final multiple of γ₀ for ``"cosine_increase"`` (reference: 15).
         scale: ``"row_norm"`` (reference) or ``"row_rms"`` (norm / √fan-in).
-        num_draws: M, noise draws per optimizer step; must equal ``Trainer(accumulate_grad_batches=...)``.
+        num_draws: M, noise draws per optimizer step; ``None`` (default) follows
+            ``Trainer(accumulate_grad_batches=...)``, an explicit value must equal it.
         total_steps: T of the cosine rise (default: ``trainer.estimated_stepping_batches``).
         seed: Seed of the private noise generator.
 
@@ -98,7 +100,7 @@ class LPFSGD(Callback):
         schedule: Literal["constant", "cosine_increase"] = "constant",
         increase_factor: float = 15.0,
         scale: Literal["row_norm", "row_rms"] = "row_norm",
-        num_draws: int = 1,
+        num_draws: int | None = None,
         total_steps: int | None = None,
         seed: int = 0,
     ) -> None:
@@ -110,8 +112,10 @@ class LPFSGD(Callback):
             raise ValueError(f"`increase_factor` must be >= 1 (the final multiple of `std`), got {increase_factor!r}.")
         if scale not in ("row_norm", "row_rms"):
             raise ValueError(f"`scale` must be 'row_norm' or 'row_rms', got {scale!r}.")
-        if not isinstance(num_draws, int) or num_draws < 1:
-            raise ValueError(f"`num_draws` must be a positive int, got {num_draws!r}.")
+        if num_draws is not None and (not isinstance(num_draws, int) or num_draws < 1):
+            raise ValueError(
+                f"`num_draws` must be a positive int or None (= accumulate_grad_batches), got {num_draws!r}."
+            )
         if total_steps is not None and (not isinstance(total_steps, int) or total_steps < 1):
             raise ValueError(f"`total_steps` must be a positive int or None, got {total_steps!r}.")
         self.std = float(std)
@@ -145,8 +149,13 @@ class LPFSGD(Callback):
         if stage != "fit":
             return
         if not pl_module.automatic_optimization:
-            raise ValueError("LPFSGD needs automatic optimization; with manual optimization perturb in training_step.")
-        if trainer.accumulate_grad_batches != self.num_draws:
+            raise ValueError(
+                "LPFSGD needs automatic optimization: it adds the noise before Lightning's forward/backward and "
+                f"removes it after, but {type(pl_module).__name__} sets automatic_optimization=False (its "
+                "training_step may run several backward passes or optimizers). Use automatic optimization, or "
+                "perturb the weights in your training_step with lightning_autoopt.callbacks.lpf_sgd.filter_noise."
+            )
+        if self.num_draws is not None and trainer.accumulate_grad_batches != self.num_draws:
             raise ValueError(
                 f"LPFSGD(num_draws={self.num_draws}) draws one noise sample per micro-batch, so it needs "
                 f"Trainer(accumulate_grad_batches={self.num_draws}) (got {trainer.accumulate_grad_batches}); "

@@ -67,6 +67,12 @@ class TaskShiftDetector(Callback):
       :class:`TaskShiftListener` (e.g. :class:`~lightning_autoopt.callbacks.DCO`), with a :class:`TaskShiftInfo`;
     * optionally resets the optimizers' state, restores the initial learning rates, and saves a checkpoint.
 
+    Works with any LightningModule whose ``training_step`` returns its loss (a tensor, or a dict with
+    ``loss_key``), with automatic or manual optimization (under manual optimization the test runs after every
+    batch, or after every optimizer step when the module steps Lightning optimizers), any batch structure and any
+    number of optimizers. If the first batch's output has no loss, ``fit`` stops with a message saying what to
+    return.
+
     It logs ``task_shift/loss_ema``, ``task_shift/threshold``, ``task_shift/shifts`` and ``task_shift/nonfinite``.
     NaN/inf losses are skipped and counted; they never trigger a shift. All ranks decide identically because the
     loss is averaged over ranks before the test.
@@ -84,7 +90,8 @@ class TaskShiftDetector(Callback):
         verbose: Print a line on every shift (rank zero).
 
     Raises:
-        ValueError: If a detector argument is out of range or ``loss_key`` is empty.
+        ValueError: If a detector argument is out of range or ``loss_key`` is empty; during the first training
+            batch, if ``training_step`` returned no loss.
 
     Example::
 
@@ -97,7 +104,7 @@ class TaskShiftDetector(Callback):
         ema_alpha: float = DETECTOR_DEFAULTS.ema_alpha,
         k_sigma: float = DETECTOR_DEFAULTS.k_sigma,
         std_floor: float = DETECTOR_DEFAULTS.std_floor,
-        min_history: int = DETECTOR_DEFAULTS.min_history,
+        min_history: int | None = DETECTOR_DEFAULTS.min_history,
         initial_loss: float | None = DETECTOR_DEFAULTS.initial_loss,
         lag: int = DETECTOR_DEFAULTS.lag,
         loss_key: str = "loss",
@@ -155,6 +162,19 @@ class TaskShiftDetector(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         loss = self._extract_loss(outputs)
+        if loss is None and self.detector.steps == 0 and self.detector.num_nonfinite == 0:
+            # Nothing seen yet and no loss to see: the detector would silently never act.
+            if outputs is None or (isinstance(outputs, dict) and not outputs):
+                what = "nothing (None)"
+            elif isinstance(outputs, dict):
+                what = f"a dict without {self.loss_key!r} (keys {sorted(map(str, outputs))})"
+            else:
+                what = type(outputs).__name__
+            raise ValueError(
+                f"TaskShiftDetector needs the training loss, but {type(pl_module).__name__}.training_step returned "
+                f"{what}. Return the loss tensor or a dict with the key {self.loss_key!r} "
+                "(with manual optimization: `return loss.detach()`), or set `loss_key` to your dict's key."
+            )
         # The same value on every rank even when one rank's output is missing (NaN -> skipped everywhere).
         value = float(loss.detach().float().mean()) if loss is not None else float("nan")
         self._pending_sum += value

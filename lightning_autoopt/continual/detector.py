@@ -31,7 +31,8 @@ class DetectorConfig:
             (TAME: 0.005).
         min_history: The test stays silent until the window holds at least this many losses (after a start or a
             shift). TAME's code tests from the first batch; a few batches of warm-up avoid firing on the noisy
-            first steps of a new task. Use 1 to reproduce the reference.
+            first steps of a new task. Use 1 to reproduce the reference. ``None`` (default) = ``min(5, window)``,
+            so a small ``window`` never conflicts with it (see :attr:`resolved_min_history`).
         initial_loss: Seed of the window and the EMAs, e.g. ``ln(num_classes)`` (the loss of a uniform guess), as
             TAME does for a fresh expert. ``None`` seeds them with the first finite loss seen instead.
         lag: A recorded loss joins the window only ``lag`` records later. In TAME's code (``lag=0``) the first
@@ -53,7 +54,7 @@ class DetectorConfig:
     ema_alpha: float = 0.2
     k_sigma: float = 3.0
     std_floor: float = 0.005
-    min_history: int = 5
+    min_history: int | None = None
     initial_loss: float | None = None
     lag: int = 10
 
@@ -67,12 +68,20 @@ class DetectorConfig:
             raise ValueError(f"`k_sigma` must be > 0, got {self.k_sigma!r}.")
         if not self.std_floor >= 0.0:
             raise ValueError(f"`std_floor` must be >= 0, got {self.std_floor!r}.")
-        if int(min_history) != min_history or not 1 <= min_history <= window:
-            raise ValueError(f"`min_history` must be an integer in [1, window={window}], got {min_history!r}.")
+        if min_history is not None and (int(min_history) != min_history or not 1 <= min_history <= window):
+            raise ValueError(
+                f"`min_history` must be None (= min(5, window)) or an integer in [1, window={window}], "
+                f"got {min_history!r}."
+            )
         if int(lag) != lag or lag < 0:
             raise ValueError(f"`lag` must be an integer >= 0 (0 = TAME's code), got {lag!r}.")
         if self.initial_loss is not None and not math.isfinite(self.initial_loss):
             raise ValueError(f"`initial_loss` must be finite or None, got {self.initial_loss!r}.")
+
+    @property
+    def resolved_min_history(self) -> int:
+        """The warm-up actually used: ``min_history``, or ``min(5, window)`` when it is ``None``."""
+        return min(5, int(self.window)) if self.min_history is None else int(self.min_history)
 
     @classmethod
     def pick(cls, values: Mapping[str, Any], **overrides: Any) -> DetectorConfig:
@@ -123,7 +132,7 @@ class LossShiftDetector:
         self.ema_alpha = float(config.ema_alpha)
         self.k_sigma = float(config.k_sigma)
         self.std_floor = float(config.std_floor)
-        self.min_history = int(config.min_history)
+        self.min_history = config.resolved_min_history
         self.initial_loss = config.initial_loss
         self.lag = int(config.lag)
         self.window: deque[float] = deque(maxlen=self.window_size)

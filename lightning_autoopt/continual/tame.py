@@ -115,7 +115,7 @@ class TAME(pl.LightningModule):
         ema_alpha: float = DETECTOR_DEFAULTS.ema_alpha,
         k_sigma: float = DETECTOR_DEFAULTS.k_sigma,
         std_floor: float = DETECTOR_DEFAULTS.std_floor,
-        min_history: int = DETECTOR_DEFAULTS.min_history,
+        min_history: int | None = DETECTOR_DEFAULTS.min_history,
         lag: int = DETECTOR_DEFAULTS.lag,
         sigmoid_logits: bool = False,
         max_experts: int = 20,

@@ -4,7 +4,7 @@ import torch
 from lightning_autoopt.callbacks import DCO, TaskShiftDetector, TaskShiftListener
 from lightning_autoopt.continual.dco import direction_penalty, fit_direction_autoencoder
 from tests.callbacks.test_task_shift import BATCHES_PER_TASK, ShiftingBlobs
-from tests.helpers import TinyClassifier, make_trainer
+from tests.helpers import TinyClassifier, TinyDataModule, make_trainer
 
 
 def test_autoencoder_learns_the_top_direction_of_its_inputs():
@@ -107,3 +107,19 @@ def test_direction_penalty_closed_form():
     penalty, grads = direction_penalty(current, [task, task], strength=0.5)
     assert penalty == 2 * 0.5 * 6.0**2
     assert grads[0].tolist() == [[0.0, 2 * (2 * 0.5 * 6.0 * 2.0)], [0.0, 0.0]]
+
+
+def test_skip_recent_is_derived_from_num_gradients():
+    """`DCO(num_gradients=2)` used to fail on a `skip_recent=5` default the user never set."""
+    assert DCO().skip_recent == 5
+    assert DCO(num_gradients=2).skip_recent == 0
+    assert DCO(num_gradients=8).skip_recent == 3
+    assert DCO(num_gradients=4, skip_recent=2).skip_recent == 2  # explicit, at the limit
+    with pytest.raises(ValueError, match=r"skip_recent.*\[0, 2\].*num_gradients"):
+        DCO(num_gradients=4, skip_recent=3)
+
+
+def test_two_gradients_are_enough_to_consolidate(tmp_path):
+    dco = DCO(boundaries=[3], num_gradients=2, ae_steps=5, num_directions=2)
+    make_trainer(tmp_path, [dco], max_steps=6).fit(TinyClassifier(), datamodule=TinyDataModule())
+    assert dco.consolidation_steps == [3] and len(dco.tasks) == 1

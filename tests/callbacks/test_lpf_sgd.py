@@ -189,3 +189,9 @@ def test_state_dict_roundtrip():
     b.load_state_dict(a.state_dict())
     assert (b.draws, b.skipped) == (17, 2)
     assert not math.isnan(b.current_std(3))
+
+
+def test_default_num_draws_follows_gradient_accumulation(tmp_path):
+    cb = LPFSGD(std=0.01)
+    _, trainer = fit(tmp_path, [cb], accumulate_grad_batches=2)
+    assert trainer.global_step == 4 and cb.draws == 8  # one draw per micro-batch, no argument to keep in sync

@@ -125,3 +125,25 @@ def test_decisions_agree_across_two_ddp_ranks(tmp_path):
 def test_bad_args_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TaskShiftDetector(**kwargs)
+
+
+def test_small_window_works_with_the_default_warmup():
+    """min_history used to default to 5 and make every window < 5 an error."""
+    assert TaskShiftDetector(window=3).detector.min_history == 3
+    assert TaskShiftDetector().detector.min_history == 5
+    with pytest.raises(ValueError, match="min_history"):
+        TaskShiftDetector(window=3, min_history=4)
+
+
+class NoLossModule(TinyClassifier):
+    def training_step(self, batch, batch_idx):
+        super().training_step(batch, batch_idx)
+        return None
+
+
+def test_a_training_step_without_a_loss_is_refused_at_the_first_batch(tmp_path):
+    from tests.helpers import TinyDataModule
+
+    trainer = make_trainer(tmp_path, [TaskShiftDetector()])
+    with pytest.raises(ValueError, match=r"training_step returned nothing \(None\).*loss_key"):
+        trainer.fit(NoLossModule(), datamodule=TinyDataModule())

@@ -156,3 +156,11 @@ def test_evaluate_tasks_class_il_task_il_and_per_task():
     assert (out["acc_task0"], out["acc_task1"]) == (0.5, 0.5)
     assert model.training  # mode restored
     assert "task_il_acc" not in evaluate_tasks(model, x, y, t)
+
+
+def test_default_warmup_fits_any_window():
+    assert DetectorConfig(window=3).resolved_min_history == 3
+    assert DetectorConfig().resolved_min_history == 5
+    from lightning_autoopt.continual import TAME
+
+    assert TAME(num_classes=10, window=2).detector_config.resolved_min_history == 2
