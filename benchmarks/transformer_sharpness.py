@@ -131,7 +131,8 @@ def exactness(args: argparse.Namespace, accelerator: str) -> dict[str, Any]:
     )
     trainer.fit(module)
     last = probe.history[-1]
-    batches = [tuple(t.cpu() for t in b) for b in probe._batches]  # the probe's own subset
+    assert probe.batches is not None
+    batches = [tuple(t.cpu() for t in b) for b in probe.batches]  # the probe's own subset
     with torch.no_grad():
         train_loss = float(module.training_step(next(iter(module.train_dataloader())), 0))
     start = time.perf_counter()

@@ -183,6 +183,11 @@ class SharpnessProbe(Callback):
         """The loss the probe measures (resolved from ``loss_fn`` when training starts; ``None`` before)."""
         return self._loss
 
+    @property
+    def batches(self) -> list[Batch] | None:
+        """The fixed probe batches, on the module's device, as the loss sees them (``None`` before training)."""
+        return self._batches
+
     # ---------------------------------------------------------------- hooks
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

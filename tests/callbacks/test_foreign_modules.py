@@ -141,7 +141,7 @@ def test_probe_on_linear_regression_matches_the_closed_form_hessian(tmp_path):
     probe = sharpness_probe()
     module = MODULES["regression_dict"]()
     fit(tmp_path, [probe], module)
-    x = torch.cat([b[0] for b in probe._batches]).double()
+    x = torch.cat([b[0] for b in probe.batches]).double()
     z = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
     exact = 2.0 / len(x) * z.T @ z  # Hessian of mean (w·x + b − y)² in θ = (w, b), at any weights
     eig = torch.linalg.eigvalsh(exact)
