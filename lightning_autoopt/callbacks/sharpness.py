@@ -117,7 +117,7 @@ class SharpnessProbe(Callback):
         seed: int = 0,
         measure_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
         normalize: bool = False,
-        loss_fn: str | Callable[..., torch.Tensor] | None = None,
+        loss_fn: str | Callable[..., Any] | None = None,
     ) -> None:
         measures = list(measures) if not isinstance(measures, str) else [measures]
         if not measures:

@@ -130,7 +130,7 @@ class TAME(pl.LightningModule):
         finetune_epochs: int = 5,
         finetune_lr: float = 0.005,
         seed: int = 0,
-        loss_fn: str | Callable[..., torch.Tensor] | None = None,
+        loss_fn: str | Callable[..., Any] | None = None,
     ) -> None:
         super().__init__()
         check_spec(expert, "expert")
