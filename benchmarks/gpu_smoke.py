@@ -182,7 +182,8 @@ def _launch(case: Case, cpu: bool, out: Path, timeout: float, max_epochs: int, c
     base = [sys.executable, str(Path(__file__).resolve()), "--one", json.dumps(asdict(case)), "--out", str(out)]
     base += ["--max-epochs", str(max_epochs), "--tag", tag] + (["--cpu"] if cpu else [])
     base += ["--ckpt", ckpt] if ckpt else []
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)  # keep the caller's
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=pythonpath)
     external = case.world >= 2 and (case.shared_gpu or cpu)
     procs = []
     if external:  # we start every rank ourselves: one "node" per process
