@@ -164,6 +164,26 @@ def markdown_table(setting: str, target: float | None, rows: Sequence[MethodSumm
     return "\n".join(lines)
 
 
+def step_costs(rows: Sequence[MethodSummary], period: int) -> str:
+    """One line: compute per step (no-comm), DDP's communication per step, and what a round at ``period`` costs.
+
+    ``c`` = no-comm's wall time per step; ``A`` = DDP's minus no-comm's per step (the gradient all-reduce that DDP
+    does not hide behind its backward pass). A synchronous round of one model all-reduce at period ``P`` adds about
+    ``A / (P c)`` to a step; an overlapped round can hide it when ``A <= P c``.
+    """
+    ddp = next((r for r in rows if r.method == "ddp"), None)
+    nocomm = next((r for r in rows if r.method == "no-comm"), None)
+    if ddp is None or nocomm is None or not ddp.steps or not nocomm.steps:
+        return "step costs: needs a DDP and a no-comm run."
+    c = nocomm.total_time / nocomm.steps
+    a = ddp.total_time / ddp.steps - c
+    return (
+        f"step costs (measured here): compute c = {1e3 * c:.1f} ms/step (no-comm), DDP communication A = "
+        f"{1e3 * a:.1f} ms/step (DDP − no-comm), A/c = {a / c:.2f}; a synchronous all-reduce round at period "
+        f"{period} adds ≈ A/(P·c) = {a / (period * c):.2f} of a step (an overlapped round can hide it when ≤ 1)."
+    )
+
+
 def ddp_curves_identical(runs: Iterable[Run]) -> dict[int, bool]:
     """Per seed: whether DDP's accuracy curve is the same in every setting (CPU training is deterministic)."""
     by_seed: dict[int, list[list[float]]] = {}
@@ -174,52 +194,66 @@ def ddp_curves_identical(runs: Iterable[Run]) -> dict[int, bool]:
 
 
 def plot_setting(setting: str, runs: Sequence[Run], target: float | None, path: Path, title: str = "") -> None:
-    """Accuracy of the policy weights (mean over seeds) against cumulative training wall time, one line per method."""
+    """Accuracy of the policy weights (mean over seeds) against cumulative training wall time, one line per method.
+
+    Two panels share the log time axis: the whole run, and a zoom on the last points around the target (a star marks
+    where each method's mean curve first reaches it; the legend gives that time).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator
 
     names = list(dict.fromkeys(r["method"] for r in runs))
-    fig, ax = plt.subplots(figsize=(10, 5.6))
-    colors = plt.get_cmap("tab20").colors
+    fig, (ax_all, ax_zoom) = plt.subplots(1, 2, figsize=(14, 6.6), sharex=True)
+    colors = plt.get_cmap("tab10").colors
     styles = ["-", "--", "-.", ":"]
-    lows = []
-    for i, name in enumerate(names):
+    curves: dict[str, list[dict[str, float]]] = {}
+    for name in names:
         mine = [r for r in runs if r["method"] == name and r["curve"]]
-        if not mine:
-            continue
-        curve = mean_curve(mine)
+        if mine:
+            curves[name] = mean_curve(mine)
+    handles = []
+    for i, (name, curve) in enumerate(curves.items()):
+        label = next(str(r.get("label", name)) for r in runs if r["method"] == name)
+        reached = time_to_target(curve, target) if target is not None else None
+        if target is not None:
+            label += f"  ({reached[1]:.0f} s)" if reached else "  (not reached)"
+        if name == "ddp":
+            style = {"color": "black", "lw": 2.6, "ls": "-"}
+        elif name == "no-comm":
+            style = {"color": "0.6", "lw": 2.6, "ls": "-"}
+        else:
+            style = {"color": colors[i % 10], "lw": 1.6, "ls": styles[(i // 10 + i) % len(styles)]}
         xs = [p["time"] for p in curve]
         ys = [100 * p["acc"] for p in curve]
-        lows.append(ys[len(ys) // 4] if ys else 0.0)
-        emphasis = name in ("ddp", "no-comm")
-        ax.plot(
-            xs,
-            ys,
-            marker="o",
-            ms=3,
-            lw=2.4 if emphasis else 1.5,
-            color="black" if name == "ddp" else ("0.55" if name == "no-comm" else colors[(2 * i) % 20]),
-            ls=styles[i % len(styles)] if not emphasis else "-",
-            label=f"{mine[0].get('label', name)}",
-        )
-        reached = time_to_target(curve, target) if target is not None else None
-        if reached is not None:
-            ax.plot([reached[1]], [100 * target], marker="*", ms=11, color=ax.lines[-1].get_color(), zorder=5)
+        for ax in (ax_all, ax_zoom):
+            (line,) = ax.plot(xs, ys, marker="o", ms=3, label=label, **style)
+            if reached is not None and target is not None:
+                ax.plot([reached[1]], [100 * target], marker="*", ms=13, color=style["color"], mec="white", zorder=5)
+        handles.append(line)
+    finals = [100 * c[-1]["acc"] for c in curves.values()]
     if target is not None:
-        ax.axhline(
-            100 * target, color="crimson", lw=1, ls="--", label=f"target: DDP final − 0.5 ({100 * target:.1f} %)"
-        )
-    ax.set_xscale("log")
-    ax.set_xlabel("training wall time, slowest rank, evaluation excluded (s, log scale)")
-    ax.set_ylabel("test accuracy of the policy weights (%)")
-    if lows:
-        ax.set_ylim(bottom=max(0.0, min(lows) - 5), top=100 if target is None else min(100.0, 100 * target + 4))
-    ax.set_title(title or setting, fontsize=11)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    fig.tight_layout()
+        for ax in (ax_all, ax_zoom):
+            ax.axhline(100 * target, color="crimson", lw=1.2, ls="--")
+        handles.append(ax_zoom.lines[-1])
+        handles[-1].set_label(f"target: DDP final − 0.5 = {100 * target:.1f} %")
+        top = max([100 * target, *finals]) + 1.5
+        ax_zoom.set_ylim(min(100 * target - 10, top - 12), min(top, 100.5))
+    for ax in (ax_all, ax_zoom):
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+        ax.grid(alpha=0.3, which="both")
+        ax.set_xlabel("training wall time (s, log scale; slowest rank, evaluation excluded)")
+    ax_all.set_ylabel("test accuracy of the policy weights (%)")
+    ax_all.set_title("whole run", fontsize=10)
+    ax_zoom.set_title("near the target (★ = first reached; legend: that time)", fontsize=10)
+    fig.suptitle(title or setting, fontsize=11)
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8.5, frameon=False)
+    fig.tight_layout(rect=(0, 0.17, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -176,10 +176,10 @@ def select_methods(names: list[str] | None, period: int, setting: Setting) -> di
 # Measured on dev-2c (2 cores shared with other jobs, 4 gloo workers; benchmarks/step_cost.py and the validation run
 # recorded in RESULTS.md): compute step = forward + backward + SGD of one worker while 4 share 2 cores.
 _STEP_S = {"cnn": 0.085 / (192**2 * 32), "mlp": 0.0194 / (256**2 * 32)}  # seconds per (width^2 x batch)
-_STEP_OVERHEAD_S = 0.006  # Lightning's per-step hooks and logging
-_EPOCH_OVERHEAD_S = 1.0  # barriers, rate changes, sharded evaluation (link fast), stats
-_FIT_OVERHEAD_S = 5.0  # Trainer, setup, initial broadcast, teardown
-_JOB_OVERHEAD_S = 60.0  # namespaces, torchrun start-up, imports, warm-up fits
+_STEP_OVERHEAD_S = 0.015  # Lightning's per-step hooks and logging (validation run: 100 ms per no-comm step)
+_EPOCH_OVERHEAD_S = 0.4  # barriers, rate changes, sharded evaluation (link fast), stats
+_FIT_OVERHEAD_S = 1.5  # Trainer, setup, initial broadcast, teardown (link fast)
+_JOB_OVERHEAD_S = 30.0  # namespaces, torchrun start-up, imports, warm-up fits
 
 
 def _round_factor(name: str, setting: Setting) -> float:
@@ -420,6 +420,7 @@ def summarize(args: argparse.Namespace) -> str:
             continue
         target, rows = T.summarize_setting(mine)
         parts.append(T.markdown_table(f"{setting.spec} ({setting.title})", target, rows))
+        parts.append(T.step_costs(rows, int(mine[0]["period"])))
         summary[setting.spec] = {"target": target, "rows": [vars(r) for r in rows]}
         first, seeds = mine[0], sorted({r["seed"] for r in mine})
         title = (f"{setting.title}\nMNIST-1D, {first['arch']} width {first['width']} ({first['n_params'] / 1e6:.2f} M "
