@@ -1,9 +1,11 @@
-"""Shared harness of the distributed strategy benchmarks (``strategies.py``, ``strategies_ii.py``).
+"""Shared harness of the distributed strategy benchmarks (``strategies.py``, ``strategies_ii.py``, and the Trainer,
+strategy and accuracy helpers of ``constrained_link.py``).
 
 ``launch`` starts ``--world`` CPU worker processes once (spawn, gloo, the environment ``torchrun`` would set), and
 each benchmark's worker trains every method x seed in those same processes one after the other, so ratios are
-measured side by side. Everything both benchmarks do the same way lives here: the command-line options, the method
-filter, the strategy from its class name, the Trainer, test accuracy, the slowest-rank wall time and the results file.
+measured side by side (``constrained_link.py`` starts its workers with ``torchrun`` on an emulated cluster instead).
+Everything the benchmarks do the same way lives here: the command-line options, the method filter, the strategy from
+its class name, the Trainer, test accuracy, the slowest-rank wall time and the results file.
 """
 
 from __future__ import annotations
@@ -80,15 +82,23 @@ def build_strategy(cls_name: str, kwargs: dict[str, Any]) -> Any:
     return "ddp" if cls_name == "ddp" else getattr(strategies, cls_name)(**kwargs)
 
 
-def make_trainer(world: int, strategy: Any, epochs: int, callbacks: list[Any], root: Path) -> Any:
-    """The benchmarks' Trainer: CPU, ``world`` devices, no validation, logging or checkpoints."""
+def make_trainer(
+    world: int, strategy: Any, epochs: int, callbacks: list[Any], root: Path, num_nodes: int = 1, **overrides: Any
+) -> Any:
+    """The benchmarks' Trainer: CPU, ``world`` devices (per node), no validation, logging or checkpoints.
+
+    ``num_nodes`` > 1 for a multi-node ``torchrun`` job (``world`` is then the devices of one node); ``overrides``
+    are further ``Trainer`` arguments (e.g. ``limit_train_batches``).
+    """
     import lightning.pytorch as pl
 
-    return pl.Trainer(
-        accelerator="cpu", devices=world, strategy=strategy, max_epochs=epochs, limit_val_batches=0,
-        num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False, logger=False,
-        enable_checkpointing=False, callbacks=callbacks, default_root_dir=str(root),
+    kwargs: dict[str, Any] = dict(
+        accelerator="cpu", devices=world, num_nodes=num_nodes, strategy=strategy, max_epochs=epochs,
+        limit_val_batches=0, num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False,
+        logger=False, enable_checkpointing=False, callbacks=callbacks, default_root_dir=str(root),
     )  # fmt: skip
+    kwargs.update(overrides)
+    return pl.Trainer(**kwargs)
 
 
 def test_split_accuracy(model: Any, datamodule: Any) -> float:
@@ -104,6 +114,26 @@ def test_split_accuracy(model: Any, datamodule: Any) -> float:
             total += len(y)
     model.train(was_training)
     return correct / total
+
+
+def sharded_accuracy(model: Any, x: Any, y: Any, rank: int, world: int) -> float:
+    """Top-1 accuracy of ``model`` on ``(x, y)``, each rank scoring every ``world``-th sample (a collective).
+
+    Every rank must hold the same weights (DDP, or a policy's weights inside ``strategy.policy_weights()``); the
+    counts are summed with one all-reduce, so the result is the accuracy on the whole set, identical on every rank.
+    """
+    import torch
+    import torch.distributed as dist
+
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        xs, ys = x[rank::world], y[rank::world]
+        correct = float((model(xs).argmax(1) == ys).sum()) if len(ys) else 0.0
+    model.train(was_training)
+    counts = torch.tensor([correct, float(len(ys))], dtype=torch.float64)
+    dist.all_reduce(counts)
+    return float(counts[0] / counts[1])
 
 
 def slowest(seconds: list[float]) -> list[float]:

@@ -13,6 +13,7 @@ the DDP steps are read from the shaped device and compared with the ring all-red
 
     python benchmarks/step_cost.py                                   # 1gbit and 100mbit, 4 sizes, ~3 min (root)
     python benchmarks/step_cost.py --links 1gbit --widths 256,432 --steps 5
+    python benchmarks/step_cost.py --arch cnn --widths 128,192,256           # the 1-D CNN (3 conv layers)
 
 Writes ``benchmarks/out/step_cost.json`` and prints a table.
 """
@@ -60,7 +61,7 @@ def _worker(args: argparse.Namespace) -> None:
 
     for width in args.widths:
         torch.manual_seed(0)
-        model = Classifier(arch="mlp", width=width).net
+        model = Classifier(arch=args.arch, width=width).net
         n_params = sum(p.numel() for p in model.parameters())
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
 
@@ -97,6 +98,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--links", default="1gbit,100mbit", help="link rates of the shaped loopback")
     parser.add_argument("--widths", default="64,128,256,432", help="Classifier(arch='mlp') widths (hidden = 4w)")
+    parser.add_argument("--arch", default="mlp", choices=["mlp", "cnn"], help="Classifier arch (default mlp)")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=32, help="per worker")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement (median)")
@@ -123,7 +125,7 @@ def main() -> None:
             "--widths",
             ",".join(map(str, args.widths)),
         ]
-        cmd += ["--batch-size", str(args.batch_size), "--steps", str(args.steps)]
+        cmd += ["--batch-size", str(args.batch_size), "--steps", str(args.steps), "--arch", args.arch]
         with EmulatedCluster(nodes=1, link=link) as cluster:
             run = cluster.torchrun(cmd, args.workers, timeout=1800, log_dir=out_dir / f"step_cost_{link}_logs")
         if not run.ok:

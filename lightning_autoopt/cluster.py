@@ -66,6 +66,7 @@ __all__ = [
     "parse_size",
     "parse_tc_qdisc_stats",
     "read_link_bytes",
+    "set_link_rate",
 ]
 
 _PREFIX = "lao"  # every namespace this module creates is named lao<pid>..., interfaces l<pid>...
@@ -140,8 +141,11 @@ class QdiscStats:
     dropped: int
     overlimits: int
     requeues: int
+    rate_bps: int | None = None
+    """The shaping rate in the header line (``tbf``: ``rate 100Mbit``), in bits per second; ``None`` if absent."""
 
 
+_RATE_IN_HEADER = re.compile(r"\brate\s+(\d+(?:\.\d+)?)([KMGT]?bit)\b", re.IGNORECASE)
 _QDISC_LINE = re.compile(r"^qdisc\s+(\S+)\s+(\S+)(?:\s+dev\s+(\S+))?")
 _SENT_LINE = re.compile(
     r"^\s*Sent\s+(\d+)\s+bytes\s+(\d+)\s+pkts?\s+\(dropped\s+(\d+),\s+overlimits\s+(\d+)\s+requeues\s+(\d+)\)"
@@ -172,10 +176,13 @@ def parse_tc_qdisc_stats(text: str, dev: str | None = None) -> list[QdiscStats]:
     """
     records: list[QdiscStats] = []
     header: tuple[str, str, str | None] | None = None
+    rate_bps: int | None = None
     for line in text.splitlines():
         head = _QDISC_LINE.match(line)
         if head is not None:
             header = (head.group(1), head.group(2), head.group(3) or dev)
+            shown = _RATE_IN_HEADER.search(line)
+            rate_bps = parse_rate(shown.group(1) + shown.group(2)) if shown else None
             continue
         sent = _SENT_LINE.match(line)
         if sent is None:
@@ -183,7 +190,7 @@ def parse_tc_qdisc_stats(text: str, dev: str | None = None) -> list[QdiscStats]:
         if header is None:
             raise ValueError(f"'Sent' line before any 'qdisc' header; is this `tc -s qdisc show` output? {line!r}")
         b, p, d, o, r = (int(g) for g in sent.groups())
-        records.append(QdiscStats(header[0], header[1], header[2], b, p, d, o, r))
+        records.append(QdiscStats(header[0], header[1], header[2], b, p, d, o, r, rate_bps))
         header = None
     return records
 
@@ -515,11 +522,18 @@ class EmulatedCluster:
             "devices": list(self.devices),
             "switch_ns": self.switch_ns if self.nodes > 2 else None,
             "switch_devices": list(self._switch_devices),
+            "rate": self.link,
+            "burst": self.burst,
+            "latency": self.latency,
         }
 
     def link_bytes(self) -> dict[str, LinkBytes]:
         """Kernel-counted bytes per link so far (see :class:`LinkBytes`)."""
         return read_link_bytes(self.topology())
+
+    def set_link_rate(self, rate: str | None = None) -> None:
+        """Change the rate of every shaped link (``None``: back to ``link``); see :func:`set_link_rate`."""
+        set_link_rate(rate, self.topology())
 
     def torchrun(
         self,
@@ -624,11 +638,7 @@ def read_link_bytes(topology: Mapping[str, Any] | None = None) -> dict[str, Link
     Raises:
         ClusterError: Outside a cluster (no topology) or when ``tc`` fails.
     """
-    if topology is None:
-        raw = os.environ.get(TOPOLOGY_ENV)
-        if not raw:
-            raise ClusterError(f"not running inside an emulated cluster (${TOPOLOGY_ENV} is not set).")
-        topology = json.loads(raw)
+    topology = _load_topology(topology)
     namespaces, devices = topology["namespaces"], topology["devices"]
     if topology["nodes"] == 1:
         lo = _qdisc(namespaces[0], "lo")
@@ -643,6 +653,62 @@ def read_link_bytes(topology: Mapping[str, Any] | None = None) -> dict[str, Link
         name = f"node{node}"
         out[name] = LinkBytes(name, up.bytes, down.bytes, up.packets, down.packets, up.dropped + down.dropped)
     return out
+
+
+def _load_topology(topology: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    if topology is not None:
+        return topology
+    raw = os.environ.get(TOPOLOGY_ENV)
+    if not raw:
+        raise ClusterError(f"not running inside an emulated cluster (${TOPOLOGY_ENV} is not set).")
+    loaded: Mapping[str, Any] = json.loads(raw)
+    return loaded
+
+
+def _shaped_ends(topology: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(namespace, device)`` of every tbf-shaped device of a cluster."""
+    ends = list(zip(topology["namespaces"], topology["devices"]))
+    if topology["nodes"] > 2:
+        ends += [(topology["switch_ns"], dev) for dev in topology["switch_devices"]]
+    return ends
+
+
+def set_link_rate(rate: str | None = None, topology: Mapping[str, Any] | None = None) -> None:
+    """Change the rate of every shaped link of a running cluster in place (``tc qdisc change``); counters are kept.
+
+    For example, a benchmark can shape the links only while it times training and let its (untimed) evaluation
+    collectives run at loopback speed. The kernel's byte counters are not reset by the change. Needs root, like the
+    cluster itself; callable from inside the cluster (e.g. by rank 0 between barriers).
+
+    Args:
+        rate: New rate in tc units (``"20gbit"``); ``None`` restores the rate the cluster was built with.
+        topology: :meth:`EmulatedCluster.topology`; ``None`` reads it from ``$LIGHTNING_AUTOOPT_CLUSTER``.
+
+    Raises:
+        ValueError: If ``rate`` is not a tc rate.
+        ClusterError: Outside a cluster, when ``tc`` fails, or when a device does not report the new rate.
+
+    Example::
+
+        set_link_rate("20gbit")  # fast: evaluation, checkpoints
+        try:
+            evaluate()
+        finally:
+            set_link_rate()  # back to the cluster's link rate
+    """
+    topology = _load_topology(topology)
+    if rate is None:
+        if "rate" not in topology:
+            raise ClusterError("the topology does not hold the cluster's rate; pass `rate` explicitly.")
+        rate = str(topology["rate"])
+    wanted = parse_rate(rate)
+    burst, latency = topology.get("burst", "256kb"), topology.get("latency", "100ms")
+    for ns, dev in _shaped_ends(topology):
+        _run(["ip", "netns", "exec", ns, "tc", "qdisc", "change", "dev", dev, "root", "tbf", "rate", rate, "burst",
+              burst, "latency", latency])  # fmt: skip
+        shown = _qdisc(ns, dev).rate_bps
+        if shown is None or abs(shown - wanted) > 0.01 * wanted:
+            raise ClusterError(f"{dev} in {ns} reports rate {shown} bit/s after setting {rate!r}.")
 
 
 def _terminate(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:

@@ -54,6 +54,8 @@ def test_parse_tc_qdisc_stats_all_fields_and_devices():
     )
     only = "qdisc tbf 8003: root refcnt 2 rate 100Mbit\n Sent 1 bytes 1 pkt (dropped 0, overlimits 0 requeues 0)\n"
     assert cl.parse_tc_qdisc_stats(only, dev="lo")[0].dev == "lo"  # `show dev X` omits the device
+    assert recs[0].rate_bps is None and tbf.rate_bps == 200_000_000  # the header's shaping rate
+    assert cl.parse_tc_qdisc_stats(only, dev="lo")[0].rate_bps == 100_000_000
     assert cl.parse_tc_qdisc_stats("") == []
     with pytest.raises(ValueError, match="qdisc"):
         cl.parse_tc_qdisc_stats(" Sent 1 bytes 1 pkt (dropped 0, overlimits 0 requeues 0)")
@@ -139,6 +141,14 @@ def test_refuses_without_root_or_tools(monkeypatch):
     assert cl.main(["--", "t.py"]) == 2  # the command line says why and exits 2, before touching anything
 
 
+def test_set_link_rate_outside_a_cluster_says_so(monkeypatch):
+    monkeypatch.delenv(cl.TOPOLOGY_ENV, raising=False)
+    with pytest.raises(cl.ClusterError, match="not running inside"):
+        cl.set_link_rate("1gbit")
+    with pytest.raises(cl.ClusterError, match="pass `rate`"):  # an old topology without the rate
+        cl.set_link_rate(None, {"nodes": 1, "namespaces": ["x"], "devices": ["lo"]})
+
+
 def test_wire_model_closed_forms():
     s = 1000
     assert _wire.rank_wire_bytes("all_reduce", s, 4, rank=2) == 1500  # 2 (w - 1) / w
@@ -211,6 +221,29 @@ def test_two_host_torchrun_fit_bytes_match_the_kernel(tmp_path):
     assert sum(kernel.values()) / (4 * per_rank) == pytest.approx(0.75 * _wire.overhead_factor(), rel=0.05)
     assert run.inter_node_bytes >= sum(kernel.values())  # the whole run also holds start-up and the checkpoint
     assert time.perf_counter() - start < 120
+
+
+@needs_namespaces
+def test_set_link_rate_changes_every_shaped_device_and_keeps_the_counters():
+    with cl.EmulatedCluster(nodes=3, link="100mbit") as cluster:
+        topo = cluster.topology()
+        assert (topo["rate"], topo["burst"], topo["latency"]) == ("100mbit", "256kb", "100ms")
+        ends = cl._shaped_ends(topo)
+        assert len(ends) == 6  # three node ends and three switch ports
+        ping = cluster.run(2, [sys.executable, "-c", _CONNECT, "10.213.0.1"], timeout=30)
+        assert ping.returncode == 0, ping.stderr
+        before = cluster.link_bytes()
+        cluster.set_link_rate("20gbit")
+        assert {cl._qdisc(ns, dev).rate_bps for ns, dev in ends} == {20 * 10**9}
+        after = cluster.link_bytes()
+        assert after["node2"].sent >= before["node2"].sent > 0  # `tc qdisc change` keeps the counters
+        env = {**os.environ, cl.TOPOLOGY_ENV: json.dumps(topo)}
+        back = cluster.run(0, [sys.executable, "-c", "from lightning_autoopt.cluster import set_link_rate as s; s()"],
+                           env={**env, "PYTHONPATH": str(ROOT)})  # fmt: skip
+        assert back.returncode == 0, back.stderr  # from inside the cluster, topology from the environment
+        assert {cl._qdisc(ns, dev).rate_bps for ns, dev in ends} == {100 * 10**6}
+        with pytest.raises(ValueError, match="link"):
+            cluster.set_link_rate("fast")
 
 
 @needs_namespaces
