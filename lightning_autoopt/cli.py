@@ -28,14 +28,27 @@ import logging
 import sys
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 import lightning_autoopt  # noqa: F401  (registers strategy names before the Trainer is built)
+from lightning_autoopt.checkpoint import (
+    CheckpointError,
+    find_last_checkpoint,
+    plain_strategy_resume_message,
+    verify_checkpoint,
+)
+from lightning_autoopt.loggers import ResumableCSVLogger
 from lightning_autoopt.recipes import RECIPE_PREFIX, list_recipes, recipe_description, recipe_path
+from lightning_autoopt.strategies import LocalUpdateStrategy
 
-__all__ = ["AutoOptCLI", "main", "resolve_recipe_args", "silence_lightning_noise"]
+__all__ = ["AutoOptCLI", "CLIError", "main", "resolve_recipe_args", "silence_lightning_noise"]
 
 PROG = "autoopt"
 _DESCRIPTION = (
@@ -49,6 +62,26 @@ _EPILOG = (
 _CONFIG_FLAGS = ("-c", "--config")
 # Lightning logs these through rank_zero_info; there is no switch for them (Lightning issue #21294).
 _TIP_PREFIX = "💡 Tip:"
+# ckpt_path values Lightning resolves itself (no file to verify before the run)
+_SPECIAL_CKPT = ("last", "best", "hpc")
+_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+class CLIError(SystemExit):
+    """An error the ``autoopt`` command reports in one line on stderr (rank 0 only), exiting with status 1.
+
+    A :class:`SystemExit`, so it ends the program without a traceback; ``message`` holds the text.
+    """
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        if getattr(rank_zero_only, "rank", 0) == 0:
+            sys.stderr.write(f"{PROG}: error: {message}\n")
+        super().__init__(1)
+
+
+def _fail(message: str) -> NoReturn:
+    raise CLIError(message)
 
 
 class _DropLightningTips(logging.Filter):
@@ -120,15 +153,31 @@ def resolve_recipe_args(args: Sequence[str]) -> list[str]:
 class AutoOptCLI(LightningCLI):
     """LightningCLI in subclass mode for any LightningModule/LightningDataModule, with this package imported.
 
-    Adds to :class:`~lightning.pytorch.cli.LightningCLI`: ``--config recipe:NAME`` for the recipes shipped with the
-    package (resolved before jsonargparse parses, so it works for every subcommand), the program name ``autoopt``
-    in the usage line (also under ``python -m lightning_autoopt``), and quieter output
-    (:func:`silence_lightning_noise`).
+    Adds to :class:`~lightning.pytorch.cli.LightningCLI`:
+
+    * ``--config recipe:NAME`` for the recipes shipped with the package (resolved before jsonargparse parses, so it
+      works for every subcommand);
+    * **restart-ready runs**: without a ``trainer.logger`` the run logs with
+      :class:`~lightning_autoopt.loggers.ResumableCSVLogger` in ``<default_root_dir>/lightning_logs/<config name>/``
+      (no ``version_N``), every ``ModelCheckpoint`` with ``save_last`` unset writes ``last.ckpt``, and ``fit``
+      without ``--ckpt_path`` resumes from the newest ``last*.ckpt`` in the checkpoint folder when there is one
+      (``--auto_resume=false`` starts over; an explicit ``--ckpt_path`` always wins). The log says so, with the
+      step. A ``torchrun --max-restarts`` restart therefore continues where the last checkpoint left off, with a
+      metrics record that holds every step once;
+    * **checkpoints verified first**: every ``ckpt_path`` (given or found) is checked with
+      :func:`~lightning_autoopt.checkpoint.verify_checkpoint` before any worker starts; a damaged file ends the
+      command with one line naming it. Resuming a local-update checkpoint with another kind of strategy warns once
+      with what is dropped;
+    * the program name ``autoopt`` in the usage line (also under ``python -m lightning_autoopt``), and quieter
+      output (:func:`silence_lightning_noise`).
 
     Args:
         args: Command-line arguments (``None`` reads ``sys.argv``); handy in tests with ``run=False``.
         run: Whether to run the subcommand (``fit``, ``validate``, ...) after parsing.
         **kwargs: Forwarded to :class:`~lightning.pytorch.cli.LightningCLI`.
+
+    Raises:
+        CLIError: (a ``SystemExit``) after printing one line, for a damaged checkpoint.
 
     Example::
 
@@ -143,6 +192,7 @@ class AutoOptCLI(LightningCLI):
         parser_kwargs.setdefault("prog", PROG)
         parser_kwargs.setdefault("description", _DESCRIPTION)
         parser_kwargs.setdefault("epilog", _EPILOG)
+        self._warned_plain_resume = False
         super().__init__(
             model_class=None,
             datamodule_class=None,
@@ -152,21 +202,102 @@ class AutoOptCLI(LightningCLI):
             **kwargs,
         )
 
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Add ``--auto_resume`` (used by ``fit``)."""
+        parser.add_argument(
+            "--auto_resume",
+            type=bool,
+            default=True,
+            help=(
+                "fit: without --ckpt_path, resume from the newest last*.ckpt in the checkpoint folder when one exists "
+                "(restart-ready runs); false starts over."
+            ),
+        )
+
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        """Resolve ``recipe:NAME`` configs, then parse as LightningCLI does (``args=None`` reads ``sys.argv``)."""
+        """Resolve ``recipe:NAME`` configs, parse as LightningCLI does, then verify a given ``ckpt_path``.
+
+        ``args=None`` reads ``sys.argv``. The checkpoint is verified before LightningCLI reads its hyperparameters.
+        """
         if isinstance(args, dict) or (args is not None and not isinstance(args, (list, tuple))):
             super().parse_arguments(parser, args)  # a dict / Namespace: nothing to resolve
-            return
-        from_argv = args is None
-        argv: list[str] = sys.argv[1:] if args is None else [str(a) for a in args]
-        try:
-            resolved = resolve_recipe_args(argv)
-        except ValueError as err:
-            parser.error(str(err))
-        if from_argv:
-            self.config = parser.parse_args(resolved)
         else:
-            super().parse_arguments(parser, resolved)
+            from_argv = args is None
+            argv: list[str] = sys.argv[1:] if args is None else [str(a) for a in args]
+            try:
+                resolved = resolve_recipe_args(argv)
+            except ValueError as err:
+                parser.error(str(err))
+            if from_argv:
+                self.config = parser.parse_args(resolved)
+            else:
+                super().parse_arguments(parser, resolved)
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            self._verify(self.config[subcommand].get("ckpt_path"))
+
+    @staticmethod
+    def _verify(ckpt_path: Any) -> Any:
+        """Verify a ``ckpt_path`` that names a file (not ``last``/``best``/...); exit with one line if damaged."""
+        if ckpt_path is None or str(ckpt_path) in _SPECIAL_CKPT or str(ckpt_path).startswith(("registry", "http")):
+            return None
+        try:
+            return verify_checkpoint(str(ckpt_path))
+        except CheckpointError as err:
+            _fail(str(err))
+
+    def _config_name(self) -> str:
+        """The run's default name: the stem of the last ``--config`` file, else ``"autoopt"``."""
+        configs: list[Any] = []
+        for section in (self.config, self.config.get(str(self.subcommand)) if self.subcommand else None):
+            if section is not None and section.get("config"):
+                configs = list(section.get("config"))
+        for cfg in reversed(configs):
+            path = getattr(cfg, "absolute", None) or getattr(cfg, "relative", None) or str(cfg)
+            stem = Path(str(path)).stem
+            if stem:
+                return stem
+        return "autoopt"
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """Build the Trainer with a restart-ready default logger and ``save_last`` checkpoints (see the class)."""
+        trainer_config = self._get(self.config_init, "trainer", default={}) or {}
+        if trainer_config.get("logger") is None and "logger" not in kwargs:
+            root = trainer_config.get("default_root_dir") or "."
+            kwargs["logger"] = ResumableCSVLogger(Path(root) / "lightning_logs", name=self._config_name())
+        trainer = super().instantiate_trainer(**kwargs)
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.save_last is None:
+                callback.save_last = True  # a last.ckpt to resume from; `save_last: false` is respected
+        return trainer
+
+    def before_fit(self) -> None:
+        """Resolve auto-resume (``ckpt_path`` from the checkpoint folder) and verify the checkpoint to be loaded."""
+        config = self.config_init["fit"]
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path is None and config.get("auto_resume", True):
+            found = find_last_checkpoint(self.trainer)
+            if found is not None:
+                info = self._verify(found)
+                config["ckpt_path"] = found
+                # Lightning warns that the checkpoint folder is not empty: expected when resuming, so not shown
+                warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+                where = f"epoch {info.epoch}, global step {info.global_step}" if info.loaded else "step unknown"
+                rank_zero_info(
+                    f"Resuming from {found} ({where}): auto-resume found this run's last checkpoint. Pass "
+                    "--auto_resume=false to start over, or --ckpt_path to choose another checkpoint."
+                )
+                ckpt_path = found
+        self._warn_plain_strategy(ckpt_path)
+
+    def _warn_plain_strategy(self, ckpt_path: Any) -> None:
+        if ckpt_path is None or self._warned_plain_resume or isinstance(self.trainer.strategy, LocalUpdateStrategy):
+            return
+        info = self._verify(ckpt_path)
+        message = None if info is None else plain_strategy_resume_message(info, type(self.trainer.strategy).__name__)
+        if message is not None:
+            self._warned_plain_resume = True
+            rank_zero_warn(message)
 
 
 def _recipes_command(argv: Sequence[str]) -> None:
@@ -195,7 +326,11 @@ def _recipes_command(argv: Sequence[str]) -> None:
 
 
 def main(args: Sequence[str] | None = None) -> None:
-    """Entry point of the ``autoopt`` console script (``args=None`` reads ``sys.argv``)."""
+    """Entry point of the ``autoopt`` console script (``args=None`` reads ``sys.argv``).
+
+    Raises:
+        SystemExit: On a usage error (status 2) or a :class:`CLIError` (status 1, one line on stderr).
+    """
     argv = sys.argv[1:] if args is None else list(args)
     if argv and argv[0] == "recipes":
         _recipes_command(argv[1:])

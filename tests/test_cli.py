@@ -186,3 +186,86 @@ def test_lightning_internal_leafspec_deprecation_is_dropped_others_kept():
         warnings.warn_explicit(msg, FutureWarning, "user.py", 1, module="my_project.train")  # raised by user code
         warnings.warn_explicit("other", FutureWarning, "_pytree.py", 22, module="lightning.pytorch.utilities._pytree")
     assert [(str(w.message), w.filename) for w in caught] == [(msg, "user.py"), ("other", "_pytree.py")]
+
+
+# ---------------------------------------------------------------------------------------------- restart-ready fit
+TINY_CONFIG = """
+seed_everything: 0
+trainer:
+  accelerator: cpu
+  devices: 1
+  max_epochs: {epochs}
+  limit_train_batches: 4
+  limit_val_batches: 2
+  log_every_n_steps: 1
+  enable_progress_bar: false
+  enable_model_summary: false
+model:
+  class_path: tests.helpers.TinyClassifier
+data:
+  class_path: tests.helpers.TinyDataModule
+"""
+
+
+def _tiny_cli(tmp_path, monkeypatch: pytest.MonkeyPatch, *extra: str, epochs: int = 1, run: bool = True):
+    from lightning_autoopt.cli import AutoOptCLI
+
+    monkeypatch.setattr(sys, "argv", ["autoopt"])
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_CONFIG.format(epochs=epochs))
+    args = ["--config", str(config), *extra]
+    return AutoOptCLI(args=["fit", *args] if run else args, run=run)
+
+
+@pytest.fixture
+def rank_zero_info_records(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero")
+    return caplog
+
+
+def test_cli_default_logger_is_a_fixed_run_folder_named_after_the_config(tmp_path, monkeypatch):
+    from lightning_autoopt.loggers import ResumableCSVLogger
+
+    cli = _tiny_cli(tmp_path, monkeypatch, run=False)
+    logger = cli.trainer.logger
+    assert isinstance(logger, ResumableCSVLogger)
+    assert os.path.abspath(logger.log_dir) == str(tmp_path / "lightning_logs" / "tiny")
+    assert cli.trainer.checkpoint_callback.save_last is True  # Lightning's default ModelCheckpoint, made restart-ready
+
+
+def test_cli_respects_an_explicit_save_last_false_and_logger(tmp_path, monkeypatch):
+    cli = _tiny_cli(
+        tmp_path,
+        monkeypatch,
+        "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+        "--trainer.callbacks.save_last=false",
+        "--trainer.logger=false",
+        run=False,
+    )
+    assert cli.trainer.logger is None
+    assert [cb.save_last for cb in cli.trainer.checkpoint_callbacks] == [False]
+
+
+def test_cli_fit_again_resumes_from_last_checkpoint_and_says_from_which_step(
+    tmp_path, monkeypatch, rank_zero_info_records
+):
+    first = _tiny_cli(tmp_path, monkeypatch, epochs=1)
+    assert first.trainer.ckpt_path is None and first.trainer.global_step == 4
+    assert "Resuming from" not in rank_zero_info_records.text
+    second = _tiny_cli(tmp_path, monkeypatch, epochs=2)
+    last = tmp_path / "lightning_logs" / "tiny" / "checkpoints" / "last.ckpt"
+    assert second.trainer.ckpt_path == str(last)
+    assert second.trainer.global_step == 8  # continued, not restarted
+    assert f"Resuming from {last} (epoch 0, global step 4)" in rank_zero_info_records.text
+
+
+def test_cli_auto_resume_false_and_explicit_ckpt_path_win(tmp_path, monkeypatch):
+    _tiny_cli(tmp_path, monkeypatch, epochs=1)
+    fresh = _tiny_cli(tmp_path, monkeypatch, "--auto_resume=false", epochs=1)
+    assert fresh.trainer.ckpt_path is None and fresh.trainer.global_step == 4
+    epoch_file = next((tmp_path / "lightning_logs" / "tiny" / "checkpoints").glob("epoch=*.ckpt"))
+    chosen = _tiny_cli(tmp_path, monkeypatch, f"--ckpt_path={epoch_file}", epochs=2)
+    assert chosen.trainer.ckpt_path == str(epoch_file)
