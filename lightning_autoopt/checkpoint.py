@@ -177,7 +177,7 @@ def check_payload(stored: Mapping[str, Any], path: str | os.PathLike[str] | None
 
 
 # ---------------------------------------------------------------------------------------------- file checks
-_CACHE: dict[tuple[str, int, int, bool], CheckpointInfo] = {}
+_CACHE: dict[tuple[str, int, int], CheckpointInfo] = {}
 
 
 def _zip_problem(path: Path, size: int) -> str | None:
@@ -224,9 +224,10 @@ def verify_checkpoint(path: str | os.PathLike[str], load: bool = True) -> Checkp
     if not p.is_file():
         raise CheckpointError(p, "is not a file", "Pass the `.ckpt` file itself, not its folder.")
     stat = p.stat()
-    key = (str(p.resolve()), stat.st_size, stat.st_mtime_ns, load)
-    if key in _CACHE:
-        return _CACHE[key]
+    key = (str(p.resolve()), stat.st_size, stat.st_mtime_ns)
+    cached = _CACHE.get(key)
+    if cached is not None and (cached.loaded or not load):
+        return cached
     if stat.st_size == 0:
         raise CheckpointError(p, "is empty (0 bytes): the save that wrote it was interrupted")
     with p.open("rb") as fh:
@@ -249,7 +250,7 @@ def verify_checkpoint(path: str | os.PathLike[str], load: bool = True) -> Checkp
             f"is not a PyTorch checkpoint (it starts with bytes {head!r}, not a zip archive; {stat.st_size} bytes)",
             "Check that `ckpt_path` points to a `.ckpt` written by Lightning / torch.save.",
         )
-    info = CheckpointInfo(path=str(p), size=stat.st_size, crc_checked=crc_checked)
+    info = cached or CheckpointInfo(path=str(p), size=stat.st_size, crc_checked=crc_checked)
     if load:
         info = _load_info(p, info)
     _CACHE[key] = info

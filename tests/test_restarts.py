@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_autoopt.checkpoint import CHECKPOINT_KEY
+from lightning_autoopt.checkpoint import CHECKPOINT_KEY, verify_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -97,6 +97,8 @@ def test_sigkilled_worker_under_torchrun_resumes_exactly_with_a_complete_record(
     assert (killed / "metrics.replayed.csv").is_file(), "the killed attempt logged nothing after its checkpoint?"
 
     # final weights: policy weights and every rank's replica, optimizer state and strategy counters match bitwise
+    info = verify_checkpoint(killed / "checkpoints" / "last.ckpt")  # CRCs and the per-rank payload's checksum
+    assert info.payload_checked and info.local_update_world_size == 2 and info.global_step == 12
     ref = torch.load(reference / "checkpoints" / "last.ckpt", weights_only=False)
     got = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=False)
     assert got["global_step"] == ref["global_step"] == 12
