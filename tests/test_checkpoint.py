@@ -1,4 +1,4 @@
-"""Checkpoints that fail loudly: truncated, garbage and bit-flipped files, payload checksums, what is dropped on resume."""
+"""Checkpoints that fail loudly: truncated, garbage and bit-flipped files, payload checksums, what resume drops."""
 
 from __future__ import annotations
 
