@@ -24,8 +24,14 @@ Example::
 from __future__ import annotations
 
 import argparse
+import atexit
+import json
 import logging
+import os
+import re
+import shutil
 import sys
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +44,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 import lightning_autoopt  # noqa: F401  (registers strategy names before the Trainer is built)
+from lightning_autoopt._strategy_names import resolve_strategy_config, resolve_strategy_value
 from lightning_autoopt.checkpoint import (
     CheckpointError,
     find_last_checkpoint,
@@ -48,7 +55,15 @@ from lightning_autoopt.loggers import ResumableCSVLogger
 from lightning_autoopt.recipes import RECIPE_PREFIX, list_recipes, recipe_description, recipe_path
 from lightning_autoopt.strategies import LocalUpdateStrategy
 
-__all__ = ["AutoOptCLI", "CLIError", "main", "resolve_recipe_args", "silence_lightning_noise"]
+__all__ = [
+    "AutoOptCLI",
+    "CLIError",
+    "main",
+    "resolve_recipe_args",
+    "one_line_error",
+    "resolve_strategy_args",
+    "silence_lightning_noise",
+]
 
 PROG = "autoopt"
 _DESCRIPTION = (
@@ -68,20 +83,52 @@ _SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
 class CLIError(SystemExit):
-    """An error the ``autoopt`` command reports in one line on stderr (rank 0 only), exiting with status 1.
+    """An error the ``autoopt`` command reports in one line on stderr (rank 0 only), then exits.
 
-    A :class:`SystemExit`, so it ends the program without a traceback; ``message`` holds the text.
+    A :class:`SystemExit`, so it ends the program without a traceback; ``message`` holds the text, ``code`` the exit
+    status (1 for a failed check such as a damaged checkpoint, 2 for a usage error such as an unknown name).
     """
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, code: int = 1) -> None:
         self.message = message
         if getattr(rank_zero_only, "rank", 0) == 0:
             sys.stderr.write(f"{PROG}: error: {message}\n")
-        super().__init__(1)
+        super().__init__(code)
 
 
-def _fail(message: str) -> NoReturn:
-    raise CLIError(message)
+def _fail(message: str, code: int = 1) -> NoReturn:
+    raise CLIError(message, code)
+
+
+_TRACEBACK_ENV = "AUTOOPT_TRACEBACK"
+
+
+def one_line_error(err: BaseException) -> str:
+    r"""The informative part of an error raised while the CLI builds the classes, on one line.
+
+    jsonargparse reports a failed class as "Does not validate against any of the Union subtypes ... Errors: - Expected
+    a <class 'str'> - `period` must be an integer >= 1 ..."; this keeps the errors that are not about the other members
+    of the union (``Expected a <class 'str'>``), e.g. "`period` must be an integer >= 1 ..., got 0.".
+
+    Example::
+
+        >>> text = "Does not validate\n  Errors:\n    - Expected a <class 'str'>\n    - bad x"
+        >>> one_line_error(ValueError(text))
+        'bad x'
+    """
+    text = str(err)
+    items: list[list[str]] = []
+    for line in text.splitlines():
+        bullet = re.match(r"^(\s*)- (.*)$", line)
+        if bullet:
+            items.append([bullet.group(2).strip()])
+        elif items and line.strip() and not line.lstrip().startswith(("Given value", "Subtypes:")):
+            items[-1].append(line.strip())
+    useful = [" ".join(item) for item in items if not item[0].startswith("Expected a ")]
+    if useful:
+        return "; ".join(useful)
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
+    return first if first != type(err).__name__ else f"{type(err).__name__}: {text}"
 
 
 class _DropLightningTips(logging.Filter):
@@ -147,6 +194,111 @@ def resolve_recipe_args(args: Sequence[str]) -> list[str]:
             prefix = f"{flag}={RECIPE_PREFIX}"
             if arg.startswith(prefix):
                 out[i] = f"{flag}={recipe_path(arg[len(flag) + 1 :])}"
+    return out
+
+
+_STRATEGY_FLAG = "--trainer.strategy"
+_STRATEGY_VALUE_FLAGS = (_STRATEGY_FLAG, f"{_STRATEGY_FLAG}.class_path", f"{_STRATEGY_FLAG}.help")
+_TEMP_DIRS: list[str] = []
+
+
+def _remove_temp_dirs() -> None:
+    for folder in _TEMP_DIRS:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _strategy_value(flag: str, value: str, with_arguments: bool) -> tuple[str, list[str]]:
+    """The new value for ``flag`` and the arguments to insert after it (the registry's ``start_method``)."""
+    if value.lstrip().startswith("{"):  # a whole class dict given inline (JSON / YAML flow style)
+        import yaml
+
+        resolved = resolve_strategy_config(yaml.safe_load(value), extra_arguments=True)
+        return json.dumps(resolved), []
+    found = resolve_strategy_value(value, with_arguments=with_arguments or flag != _STRATEGY_FLAG)
+    if found is None:
+        return value, []
+    class_path, defaults = found
+    if flag.endswith(".help"):
+        return class_path, []
+    return class_path, [f"{_STRATEGY_FLAG}.{k}={v}" for k, v in defaults.items()]
+
+
+def _rewrite_config_file(path: str, with_arguments: bool) -> str:
+    """``path``, or a temporary copy (same file name) whose ``trainer.strategy`` names are resolved."""
+    import yaml
+
+    text = Path(path).read_text(encoding="utf-8")
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        return path
+    changed = False
+    sections = [data, *(data[k] for k in _SUBCOMMANDS if isinstance(data.get(k), dict))]
+    for section in sections:
+        trainer = section.get("trainer")
+        if isinstance(trainer, dict) and "strategy" in trainer:
+            new = resolve_strategy_config(trainer["strategy"], extra_arguments=with_arguments)
+            if new != trainer["strategy"]:
+                trainer["strategy"], changed = new, True
+    if not changed:
+        return path
+    if not _TEMP_DIRS:
+        atexit.register(_remove_temp_dirs)
+    folder = tempfile.mkdtemp(prefix="autoopt_config_")
+    _TEMP_DIRS.append(folder)
+    target = Path(folder) / Path(path).name  # same name: the run folder is named after it
+    target.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return str(target)
+
+
+def resolve_strategy_args(args: Sequence[str]) -> list[str]:
+    """Resolve registered strategy names (``lsgd``, ``lsgd_spawn``, ...) to class paths so they take arguments.
+
+    Applies to the command line and to ``--config`` files.
+
+    ``--trainer.strategy=lsgd_spawn --trainer.strategy.period=4`` becomes ``--trainer.strategy=<LSGDStrategy's
+    path> --trainer.strategy.start_method=spawn --trainer.strategy.period=4``; a YAML ``strategy: lsgd`` or
+    ``strategy: {class_path: lsgd, init_args: {...}}`` is resolved in a temporary copy of the file (same name).
+    Lightning's own names (``ddp``, ...) are resolved when arguments accompany them. Class paths, short class
+    names (``LSGDStrategy``) and ``auto`` are left alone.
+
+    Args:
+        args: Command-line arguments (after :func:`resolve_recipe_args`).
+
+    Returns:
+        A new list.
+
+    Raises:
+        ValueError: For an unknown strategy name (the message suggests close names, this package's included).
+
+    Example::
+
+        >>> resolve_strategy_args(["fit", "--trainer.strategy=lsgd_spawn"])[1:]
+        ['--trainer.strategy=lightning_autoopt.strategies.lsgd.LSGDStrategy', '--trainer.strategy.start_method=spawn']
+    """
+    argv = [str(a) for a in args]
+    with_arguments = any(
+        a.startswith(f"{_STRATEGY_FLAG}.") and a.split("=", 1)[0] not in _STRATEGY_VALUE_FLAGS for a in argv
+    )
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        flag, eq, inline = arg.partition("=")
+        if flag in _STRATEGY_VALUE_FLAGS and (eq or i + 1 < len(argv)):
+            value = inline if eq else argv[i + 1]
+            new, extra = _strategy_value(flag, value, with_arguments)
+            out.append(f"{flag}={new}")
+            out.extend(extra)
+            i += 1 if eq else 2
+            continue
+        if flag in _CONFIG_FLAGS and (eq or i + 1 < len(argv)):
+            value = inline if eq else argv[i + 1]
+            new = _rewrite_config_file(value, with_arguments) if Path(value).is_file() else value
+            out.extend([f"{flag}={new}"] if eq else [flag, new])
+            i += 1 if eq else 2
+            continue
+        out.append(arg)
+        i += 1
     return out
 
 
@@ -228,6 +380,10 @@ class AutoOptCLI(LightningCLI):
                 resolved = resolve_recipe_args(argv)
             except ValueError as err:
                 parser.error(str(err))
+            try:
+                resolved = resolve_strategy_args(resolved)
+            except ValueError as err:
+                _fail(str(err), code=2)
             if from_argv:
                 self.config = parser.parse_args(resolved)
             else:
@@ -245,6 +401,22 @@ class AutoOptCLI(LightningCLI):
             return verify_checkpoint(str(ckpt_path))
         except CheckpointError as err:
             _fail(str(err))
+
+    def instantiate_classes(self) -> None:
+        """Instantiate as LightningCLI does; a bad value or impossible configuration ends with one line.
+
+        ``ValueError``/``TypeError``/Lightning's ``MisconfigurationException`` raised while the model, data module,
+        strategy, callbacks or Trainer are built exit with status 2 and :func:`one_line_error`'s text instead of a
+        traceback; set ``AUTOOPT_TRACEBACK=1`` to see the traceback.
+        """
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError, MisconfigurationException) as err:
+            if os.environ.get(_TRACEBACK_ENV, "") not in ("", "0"):
+                raise
+            _fail(f"{one_line_error(err)} ({_TRACEBACK_ENV}=1 shows the traceback)", code=2)
 
     def _config_name(self) -> str:
         """The run's default name: the stem of the last ``--config`` file, else ``"autoopt"``."""
