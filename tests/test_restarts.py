@@ -117,3 +117,70 @@ def test_sigkilled_worker_under_torchrun_resumes_exactly_with_a_complete_record(
     assert sorted(got_cells) == sorted(ref_cells)
     steps = sorted({s for s, m, _ in got_cells if m == "train_loss"})
     assert steps == list(range(12)), steps  # log_every_n_steps=1: every optimizer step's row is there
+
+
+# ---------------------------------------------------------------------------------------------- emulated cluster
+def _cluster_reason() -> str | None:
+    from lightning_autoopt import cluster as cl
+
+    try:
+        cl.check_support(probe=True)
+    except cl.ClusterUnavailable as err:
+        return str(err)
+    return None
+
+
+CLUSTER_CONFIG = """
+seed_everything: 0
+trainer:
+  accelerator: cpu
+  max_epochs: 3
+  limit_train_batches: 4
+  limit_val_batches: 2
+  log_every_n_steps: 1
+  enable_progress_bar: false
+  enable_model_summary: false
+  default_root_dir: {root}
+  strategy:
+    class_path: lightning_autoopt.strategies.LocalSGDStrategy
+    init_args: {{period: 2, start_method: popen, timeout: "0:00:{timeout:02d}"}}
+  callbacks:
+    - class_path: tests._faults.LinkDownAt
+      init_args: {{step: {step}, seconds: {down}, rank: 1}}
+model:
+  class_path: tests.helpers.TinyClassifier
+  init_args: {{momentum: 0.9}}
+data:
+  class_path: tests.helpers.TinyDataModule
+"""
+
+
+@pytest.mark.skipif(_cluster_reason() is not None, reason=f"no emulated cluster here: {_cluster_reason()}")
+def test_inter_node_link_down_longer_than_the_timeout_then_restart_resumes_with_nothing_lost(tmp_path: Path):
+    from lightning_autoopt.cluster import EmulatedCluster
+
+    timeout, down = 10, 20
+    (tmp_path / "run.yaml").write_text(CLUSTER_CONFIG.format(root=tmp_path, timeout=timeout, step=6, down=down))
+    env = _env()
+    with EmulatedCluster(nodes=2, link="1gbit") as cluster:
+        run = cluster.torchrun(
+            ["fit", "--config", str(tmp_path / "run.yaml")],
+            nproc_per_node=1,
+            timeout=240,
+            env=env,
+            log_dir=tmp_path / "logs",
+            max_restarts=1,
+        )
+    logs = "\n".join(f"--- {p.name}\n{p.read_text()[-4000:]}" for p in run.logs)
+    assert run.ok, logs
+    assert "Resuming from" in logs and "global step 4" in logs, logs
+
+    record = tmp_path / "lightning_logs" / "run"
+    info = verify_checkpoint(record / "checkpoints" / "last.ckpt")
+    assert info.global_step == 12 and info.local_update_world_size == 2, info
+    cells = _cells(record / "metrics.csv")
+    duplicates = [k for k, n in Counter((s, m) for s, m, _ in cells).items() if n > 1]
+    assert not duplicates, duplicates
+    assert sorted({s for s, m, _ in cells if m == "train_loss"}) == list(range(12))
+    assert sorted({s for s, m, _ in cells if m == "val_loss"}) == [3, 7, 11]
+    assert (record / "metrics.replayed.csv").is_file()
