@@ -257,6 +257,22 @@ def verify_checkpoint(path: str | os.PathLike[str], load: bool = True) -> Checkp
     return info
 
 
+def payload_verified(path: str | os.PathLike[str] | None) -> bool:
+    """Whether this process already verified the local-update payload checksum of the file at ``path`` as it is now.
+
+    Lets a strategy skip checking the payload again right after the CLI or its launcher checked the same file.
+    """
+    if path is None or "://" in str(path):
+        return False
+    p = Path(os.fspath(path))
+    try:
+        stat = p.stat()
+    except OSError:
+        return False
+    cached = _CACHE.get((str(p.resolve()), stat.st_size, stat.st_mtime_ns))
+    return cached is not None and cached.payload_checked
+
+
 def _load_info(p: Path, info: CheckpointInfo) -> CheckpointInfo:
     try:
         ckpt = torch.load(p, map_location="cpu", mmap=info.crc_checked)

@@ -27,6 +27,7 @@ from lightning_autoopt.checkpoint import (
     VerifiedCheckpointIO,
     check_payload,
     payload_checksum,
+    payload_verified,
     verify_checkpoint,
 )
 from lightning_autoopt.strategies import _comm
@@ -354,7 +355,8 @@ class PolicyWeightsMixin(_Base):
         if stored is None:
             return None
         path = self._ckpt_path()
-        check_payload(stored, path)  # raises CheckpointError naming the file on a mismatch
+        if not payload_verified(path):  # the CLI / launcher may have checked this very file already
+            check_payload(stored, path)  # raises CheckpointError naming the file on a mismatch
         if stored["world_size"] != self.world_size:
             policy = stored.get("eval_policy", "eval-policy")
             rank_zero_warn(
