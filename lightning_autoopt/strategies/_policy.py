@@ -276,7 +276,10 @@ class PolicyWeightsMixin(_Base):
         """The checkpoint IO; by default a :class:`~lightning_autoopt.checkpoint.VerifiedCheckpointIO`."""
         if self._checkpoint_io is None:
             self._checkpoint_io = VerifiedCheckpointIO(local_update=True)
-        return super().checkpoint_io
+        io = super().checkpoint_io
+        if isinstance(io, VerifiedCheckpointIO):
+            io.local_update = True  # also one passed as a plugin: this strategy handles its own payload
+        return io
 
     @checkpoint_io.setter
     def checkpoint_io(self, io: CheckpointIO | None) -> None:
