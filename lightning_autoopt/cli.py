@@ -1,7 +1,14 @@
 """The ``autoopt`` console script: a :class:`~lightning.pytorch.cli.LightningCLI` that knows this package.
 
-Importing :mod:`lightning_autoopt` before the CLI parses anything registers the strategy names, so a YAML file
-may say ``trainer.strategy: lsgd`` as well as give a ``class_path`` of this package.
+Importing :mod:`lightning_autoopt` before the CLI parses anything registers the strategy names. A registered name
+takes arguments like a class (``--trainer.strategy=lsgd --trainer.strategy.period=4``, or YAML ``class_path: lsgd``
+with ``init_args``): :func:`resolve_strategy_args` turns names into class paths before jsonargparse parses; an
+unknown name gets a did-you-mean.
+
+Runs are restart-ready (see :class:`AutoOptCLI`): one folder per run with
+:class:`~lightning_autoopt.loggers.ResumableCSVLogger`, ``last.ckpt`` checkpoints, and ``fit`` resumes from the last
+checkpoint when there is one, after :func:`~lightning_autoopt.checkpoint.verify_checkpoint` checked it. Errors in a
+checkpoint, a name or a value end the command with one line on stderr (``AUTOOPT_TRACEBACK=1`` for a traceback).
 
 The recipes shipped with the package (:mod:`lightning_autoopt.recipes`) run without a clone of the repository:
 ``--config recipe:NAME`` loads the recipe ``NAME`` (with ``fit``, ``validate``, ``test`` and ``predict``), and
@@ -17,6 +24,8 @@ Example::
     autoopt recipes autodrop_mnist1d > my_autodrop.yaml     # a recipe's YAML, to copy and edit
     autoopt fit --config recipe:autodrop_mnist1d
     autoopt fit --config recipe:lsgd_mnist1d --trainer.max_epochs=3
+    autoopt fit --config recipe:lsgd_mnist1d --trainer.strategy=lsgd_spawn --trainer.strategy.period=4
+    torchrun --standalone --nproc-per-node=2 --max-restarts=3 -m lightning_autoopt fit --config my_lsgd.yaml
     autoopt fit --config my_autodrop.yaml
     python -m lightning_autoopt fit --config recipe:autodrop_mnist1d   # same as autoopt
 """
