@@ -543,6 +543,7 @@ class EmulatedCluster:
         port: int = 29400,
         env: Mapping[str, str] | None = None,
         log_dir: str | os.PathLike[str] | None = None,
+        max_restarts: int = 0,
     ) -> ClusterRun:
         """Run ``torchrun --nnodes=<nodes> --nproc-per-node=<nproc_per_node>`` once per node, rendezvous on node 0.
 
@@ -554,6 +555,8 @@ class EmulatedCluster:
             port: Rendezvous port on node 0's address.
             env: Base environment (default: this process's).
             log_dir: Write node ``i``'s output to ``<log_dir>/node<i>.log`` instead of this process's stdout.
+            max_restarts: torchrun's ``--max-restarts``: how often the workers are restarted after a failure (a
+                restarted ``autoopt fit`` resumes from its last checkpoint).
 
         Returns:
             Exit codes per node, wall time and the bytes that crossed each link during the run.
@@ -563,6 +566,7 @@ class EmulatedCluster:
         """
         _check_int("nproc_per_node", nproc_per_node, 1, 256, "worker processes per node")
         _check_int("port", port, 1024, 65535, "rendezvous port")
+        _check_int("max_restarts", max_restarts, 0, 100, "torchrun restarts after a failure")
         tail = torchrun_command(command, nodes=self.nodes, nproc_per_node=nproc_per_node)
         before = self.link_bytes()
         logs: list[Path] = []
@@ -576,7 +580,7 @@ class EmulatedCluster:
                     f"--nnodes={self.nodes}", f"--nproc-per-node={nproc_per_node}",
                     "--rdzv-backend=c10d", f"--rdzv-endpoint={self.address(0)}:{port}",
                     f"--rdzv-conf=is_host={1 if node == 0 else 0}", f"--local-addr={self.address(node)}",
-                    "--max-restarts=0", *tail,
+                    f"--max-restarts={max_restarts}", *tail,
                 ]  # fmt: skip
                 kwargs: dict[str, Any] = {}
                 if log_dir is not None:

@@ -9,15 +9,27 @@ that hold every rank's replica, optimizer states and strategy state so that a re
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+import inspect
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from lightning.fabric.plugins import CheckpointIO
+from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
 from lightning_autoopt import _flat
+from lightning_autoopt.checkpoint import (
+    CHECKPOINT_KEY,
+    VerifiedCheckpointIO,
+    check_payload,
+    payload_checksum,
+    payload_verified,
+    verify_checkpoint,
+)
 from lightning_autoopt.strategies import _comm
 from lightning_autoopt.strategies._checks import check_choice
 
@@ -28,8 +40,51 @@ if TYPE_CHECKING:
 else:
     _Base = object
 
-CHECKPOINT_KEY = "local_update_strategy"
-"""Checkpoint key holding every rank's replica, optimizer states and strategy state (gathered to rank 0)."""
+__all__ = ["CHECKPOINT_KEY", "PolicyWeightsMixin", "to_cpu"]
+_SPECIAL_CKPT = ("last", "best", "hpc")
+
+
+def _verify_launch_checkpoint(function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Verify the ``ckpt_path`` a Trainer entry point (``_fit_impl``, ...) is about to be launched with.
+
+    Runs in the launching process before any worker starts, so a damaged file is reported once, with its path
+    (:class:`~lightning_autoopt.checkpoint.CheckpointError`), instead of from inside every worker.
+    """
+    try:
+        bound = inspect.signature(function).bind_partial(*args, **kwargs)
+    except (TypeError, ValueError):
+        return
+    ckpt_path = bound.arguments.get("ckpt_path")
+    if ckpt_path is None or str(ckpt_path) in _SPECIAL_CKPT or "://" in str(ckpt_path):
+        return
+    if str(ckpt_path).startswith("registry"):
+        return
+    verify_checkpoint(ckpt_path)
+
+
+class _VerifyingSubprocessScriptLauncher(_SubprocessScriptLauncher):
+    """Lightning's ``popen`` launcher, verifying ``ckpt_path`` before it starts the other ranks' scripts."""
+
+    @override
+    def launch(self, function: Callable[..., Any], *args: Any, trainer: Any = None, **kwargs: Any) -> Any:
+        if not self.cluster_environment.creates_processes_externally:  # this process starts the others
+            _verify_launch_checkpoint(function, args, kwargs)
+        return super().launch(function, *args, trainer=trainer, **kwargs)
+
+
+class _VerifyingMultiProcessingLauncher(_MultiProcessingLauncher):
+    """Lightning's ``spawn``/``fork`` launcher, verifying ``ckpt_path`` before it starts the workers."""
+
+    @override
+    def launch(self, function: Callable[..., Any], *args: Any, trainer: Any = None, **kwargs: Any) -> Any:
+        _verify_launch_checkpoint(function, args, kwargs)
+        return super().launch(function, *args, trainer=trainer, **kwargs)
+
+
+_VERIFYING_LAUNCHERS: dict[type, type] = {
+    _SubprocessScriptLauncher: _VerifyingSubprocessScriptLauncher,
+    _MultiProcessingLauncher: _VerifyingMultiProcessingLauncher,
+}
 
 
 def to_cpu(obj: Any) -> Any:
@@ -54,8 +109,12 @@ class PolicyWeightsMixin(_Base):
       ``validate``/``test`` outside ``fit`` evaluate the policy weights; at the end of ``fit`` every rank's module is
       left holding the policy weights, so the model ``fit`` hands back (also under ``spawn``) is the policy's.
     * Checkpoints additionally hold, under :data:`CHECKPOINT_KEY`, every rank's replica, optimizer states and
-      strategy state (:meth:`strategy_state_dict`), gathered to rank 0, who writes the file. On resume with the same
-      world size each rank reloads its own; with a different world size every rank starts from the policy weights.
+      strategy state (:meth:`strategy_state_dict`), gathered to rank 0, who writes the file, with a checksum that is
+      verified on load. On resume with the same world size each rank reloads its own; with a different world size
+      every rank starts from the policy weights (a warning says what is dropped and what is re-used).
+    * A checkpoint is verified before it is loaded (:mod:`lightning_autoopt.checkpoint`): in the launching process
+      for the ``popen``/``spawn``/``fork`` launchers, before any worker starts, and by the default checkpoint IO
+      (:class:`~lightning_autoopt.checkpoint.VerifiedCheckpointIO`) in each worker (``torchrun``).
 
     The class using it provides :meth:`strategy_state_dict` / :meth:`load_strategy_state_dict` and sets
     ``_groups_ready`` once its round state exists.
@@ -211,6 +270,29 @@ class PolicyWeightsMixin(_Base):
         super().teardown()
 
     # ------------------------------------------------------------------ checkpoints
+    @property
+    @override
+    def checkpoint_io(self) -> CheckpointIO:
+        """The checkpoint IO; by default a :class:`~lightning_autoopt.checkpoint.VerifiedCheckpointIO`."""
+        if self._checkpoint_io is None:
+            self._checkpoint_io = VerifiedCheckpointIO(local_update=True)
+        io = super().checkpoint_io
+        if isinstance(io, VerifiedCheckpointIO):
+            io.local_update = True  # also one passed as a plugin: this strategy handles its own payload
+        return io
+
+    @checkpoint_io.setter
+    def checkpoint_io(self, io: CheckpointIO | None) -> None:
+        self._checkpoint_io = io
+
+    @override
+    def _configure_launcher(self) -> None:
+        """Lightning's launcher, made to verify ``ckpt_path`` in the launching process before workers start."""
+        super()._configure_launcher()
+        verifying = _VERIFYING_LAUNCHERS.get(type(self._launcher))
+        if verifying is not None:
+            self._launcher.__class__ = verifying  # same state, one extra check in `launch`; picklable (module level)
+
     def strategy_state_dict(self) -> dict[str, Any]:
         """This rank's strategy state (counters and method state); provided by the strategy class."""
         raise NotImplementedError
@@ -246,22 +328,45 @@ class PolicyWeightsMixin(_Base):
 
     @override
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
-        """Gather every rank's replica, optimizer states and strategy state into the file rank 0 writes."""
+        """Gather every rank's replica, optimizer states and strategy state into the file rank 0 writes.
+
+        The entry under :data:`CHECKPOINT_KEY` also records the world size, the strategy class, the ``eval_policy``
+        (whose weights ``"state_dict"`` holds) and a checksum of the per-rank payload, verified on load.
+        """
         if _comm.dist_ready() and self.lightning_module is not None:
             payload = self._rank_payload(with_optimizers="optimizer_states" in checkpoint)
             gathered = _comm.gather_objects(payload, dst=0)
             if self.global_rank == 0:
-                checkpoint[CHECKPOINT_KEY] = {"world_size": self.world_size, "ranks": gathered}
+                checkpoint[CHECKPOINT_KEY] = {
+                    "world_size": self.world_size,
+                    "strategy": type(self).__name__,
+                    "eval_policy": self.eval_policy,
+                    "ranks": gathered,
+                    "checksum": payload_checksum(gathered),
+                }
         super().save_checkpoint(checkpoint, filepath, storage_options)
+
+    def _ckpt_path(self) -> str | None:
+        lm = self.lightning_module
+        if lm is None or lm._trainer is None:
+            return None
+        path = lm.trainer.ckpt_path
+        return None if path is None else str(path)
 
     def _own_entry(self, checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
         stored = checkpoint.get(CHECKPOINT_KEY)
         if stored is None:
             return None
+        path = self._ckpt_path()
+        if not payload_verified(path):  # the CLI / launcher may have checked this very file already
+            check_payload(stored, path)  # raises CheckpointError naming the file on a mismatch
         if stored["world_size"] != self.world_size:
+            policy = stored.get("eval_policy", "eval-policy")
             rank_zero_warn(
-                f"checkpoint holds {stored['world_size']} replicas but the world size is {self.world_size}; "
-                "every rank resumes from the checkpoint's policy weights and rank 0's strategy state."
+                f"Checkpoint {path or ''} holds {stored['world_size']} per-rank replicas but this run has world size "
+                f"{self.world_size}: every rank resumes from the checkpoint's 'state_dict' (the {policy!r} weights), "
+                "rank 0's optimizer state and rank 0's strategy state (step and round counters, leader). Dropped: the "
+                "per-rank replicas and the other ranks' optimizer and strategy states."
             )
             self.load_strategy_state_dict(stored["ranks"][0]["strategy"])
             return None
