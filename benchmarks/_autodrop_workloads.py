@@ -37,7 +37,7 @@ from lightning_autoopt.data.text import CharTextDataModule
 from lightning_autoopt.models import Classifier
 
 METHODS = ("autodrop", "autodrop_reference", "constant", "cosine", "multistep", "plateau", "schedulefree")
-VALIDATIONS_PER_RUN = 40  # validation every budget/40 optimizer steps, for every method (plateau, curves)
+VALIDATIONS_PER_RUN = 50  # validation every budget/50 optimizer steps, for every method (plateau, curves)
 
 
 class TinyCausalLM(nn.Module):
@@ -233,15 +233,14 @@ class BenchModule(pl.LightningModule):
             for opt in self.trainer.optimizers:
                 getattr(opt, mode)()
 
-    def on_train_start(self) -> None:
-        self._sf("train")
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._sf("train")  # idempotent: schedulefree swaps the weights only when the mode changes
 
     def on_validation_start(self) -> None:
         self._sf("eval")
 
-    def on_validation_end(self) -> None:
-        if self.trainer.training:
-            self._sf("train")
+    def on_test_start(self) -> None:
+        self._sf("eval")
 
     def on_train_end(self) -> None:
         self._sf("eval")  # evaluate (test) at the averaged point x, as Schedule-Free prescribes

@@ -135,15 +135,17 @@ def plot_autodrop(
     ax = axes[2]
     if trend:
         z = thr[-1] if thr else 2.0
-        finite = [abs(v) for v in stat if math.isfinite(v)]
-        cap = max(4.0 * z, min(max(finite, default=z), 12.0 * z))  # keeps the band readable
+        finite = [v for v in stat if math.isfinite(v)]
+        cap = 12.0 * z  # a perfect line of angles has a large z: clip for display, keeps the band readable
         shown = [max(-cap, min(cap, v)) if not math.isnan(v) else float("nan") for v in stat]
         ax.plot(
             steps, shown, marker=".", markersize=3, linewidth=1, color="tab:purple", label="trend z of ω (Mann–Kendall)"
         )
         ax.axhspan(-z, z, color="tab:green", alpha=0.12, label=f"|z| < {z:g}: no trend (saturated once armed)")
-        ax.axhline(z, color="tab:green", linewidth=0.8, linestyle=":")
-        ax.set_ylim(-cap * 1.05, cap * 1.05)
+        ax.axhline(z, color="tab:green", linewidth=0.8, linestyle=":", label=f"z > {z:g}: ω rising (arms the test)")
+        low = min([-1.5 * z, *[max(-cap, v) for v in finite]]) - 0.3 * z
+        high = max([1.5 * z, *[min(cap, v) for v in finite]]) + 0.3 * z
+        ax.set_ylim(low, high)
         ax.set_ylabel("trend z of ω")
     else:
         positive = [v if math.isfinite(v) and v > 0 else float("nan") for v in stat]
@@ -156,7 +158,7 @@ def plot_autodrop(
     if trend:
         det_y = [max(-cap, min(cap, v)) for v in det_y]
     ax.plot(detections, det_y, linestyle="none", marker="v", markersize=9, color="tab:red", label="detected")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
 
     if val:
         val_key, (vx, vy) = val

@@ -553,8 +553,7 @@ class AutoDrop(Callback):
             "next_action_step": self._next_action_step,
             "epoch_seen": self._epoch_seen,
             "decisions": self._decisions,
-            "history": {key: list(values) for key, values in self._history.items()},
-            "detect_log": list(self._detect_log),
+            "history": self.history,  # complete, so plot_autodrop(ckpt["callbacks"][key]["history"]) works
             "drop_log": list(self._drop_log),
         }
 
@@ -575,7 +574,7 @@ class AutoDrop(Callback):
         self._decisions = int(state_dict["decisions"])
         history = state_dict.get("history", {})
         self._history = {key: [float(v) for v in history.get(key, [])] for key in _HISTORY_KEYS}
-        self._detect_log = [int(s) for s in state_dict.get("detect_log", [])]
+        self._detect_log = [int(s) for s in history.get("detections", [])]
         self._drop_log = [(int(a), int(b)) for a, b in state_dict.get("drop_log", [])]
 
     @staticmethod
