@@ -271,13 +271,13 @@ class AutoDrop(Callback):
         ``statistic`` (the test statistic, ``z`` or ``|Δω|``; NaN when the test did not run), ``threshold``
         (the one the statistic was compared with), ``lr`` (group 0 of optimizer 0 after the decision), ``drops``
         (after the decision), ``detections`` and ``drop_steps`` (global steps), ``saturation`` and ``interval``
-        (steps per decision, or ``"epoch"``).
+        (steps per decision once resolved, else ``"epoch"``/``"auto"``).
         """
         out: dict[str, Any] = {key: list(values) for key, values in self._history.items()}
         out["detections"] = list(self._detect_log)
         out["drop_steps"] = [step for step, _ in self._drop_log]
         out["saturation"] = self.saturation
-        out["interval"] = self._every if self._every is not None else "epoch"
+        out["interval"] = self._every if self._every is not None else self.interval  # "auto" until training starts
         return out
 
     @property
