@@ -155,11 +155,12 @@ def report(results: dict[str, Any], workloads: list[str], seeds: list[int], meth
                     for r in runs
                 )
             print(f"| {m} | {fmt_metric(w, [r['metric'] for r in runs])} | {drops} | {firsts} |")
+        print()
         better = (lambda a, b: a > b) if w.higher_is_better else (lambda a, b: a < b)
         t: dict[str, Any] = {}
         if "constant" in means and "cosine" in means:
             t["decay_helps"] = better(means["cosine"], means["constant"])
-            print(f"decay helps here (cosine better than constant): {'yes' if t['decay_helps'] else 'NO'}")
+            print(f"- decay helps here (cosine better than constant): {'yes' if t['decay_helps'] else 'NO'}")
         if "autodrop" in rows:
             ad = rows["autodrop"]
             firsts = [r["history"]["drop_steps"][0] / steps for r in ad if r["history"]["drop_steps"]]
@@ -178,7 +179,7 @@ def report(results: dict[str, Any], workloads: list[str], seeds: list[int], meth
                     gap = (means["autodrop"] - means[best]) / means[best]
                     t["near_best"] = gap <= 0.02
                     gap_txt = f"{100 * gap:+.1f} % loss"
-                print(f"AutoDrop vs best baseline ({best}): {gap_txt}; vs constant: "
+                print(f"- AutoDrop vs best baseline ({best}): {gap_txt}; vs constant: "
                       f"{'>=' if t.get('ge_constant') else 'WORSE'}; drops on every seed: "
                       f"{'yes' if t['dropped_every_seed'] else 'NO'}; none in the first 10 %: "
                       f"{'yes' if t['never_early'] else 'NO'}")  # fmt: skip
@@ -196,7 +197,7 @@ def report(results: dict[str, Any], workloads: list[str], seeds: list[int], meth
                         f"{det[0] if det else 'none'}, first drop {drop[0] if drop else 'none'}"
                         + (f" ({drop[0] / steps:.0%})" if drop else "")
                     )
-                print("first drop vs constant-LR val-loss plateau: " + "; ".join(cells))
+                print("- first drop vs constant-LR val-loss plateau: " + "; ".join(cells))
         targets[name] = t
     if targets:
         print("\n## Targets (AutoDrop defaults, one setting for every workload)")
