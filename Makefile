@@ -28,7 +28,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -x -m "not slow"
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/autodrop_vs_schedules.py
+	$(BIN)/python -m benchmarks.autodrop_vs_schedules
 
 # --- lowest supported versions (constraints-lowest.txt = the lower bounds of pyproject.toml) ------------------------
 # A separate venv (CUDA builds of the old torch: ~3 GB of downloads, ~5 GB on disk); rebuilt when the bounds change.
