@@ -17,11 +17,14 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lightning_autoopt import _flat
+from lightning_autoopt._history import BoundedHistory
 from lightning_autoopt.callbacks.task_shift import TaskShiftInfo
 from lightning_autoopt.continual.dco import as_matrix, direction_penalty, fit_direction_autoencoder
 from lightning_autoopt.continual.metrics import evaluate_tasks
 
 __all__ = ["DCO"]
+
+_HISTORY_KEYS = ("step", "penalty", "task_grad_norm", "penalty_grad_norm")
 
 
 class DCO(Callback):
@@ -40,6 +43,11 @@ class DCO(Callback):
        to the weights' gradients in ``on_before_optimizer_step``, clipped to norm ``penalty_grad_clip`` -- once per
        optimizer step (after gradient accumulation and AMP unscaling, before Lightning's gradient clipping). The
        loss value is not changed; ``dco/penalty`` is logged.
+
+    History: :attr:`history` records, per optimizer step, the penalty, the norm of the task gradient on the
+    constrained weights and the norm of the penalty gradient (before clipping), plus the consolidation steps: how
+    strongly the constraint pulls against the new task. It lives in the callback's state, bounded (past 2048
+    entries every second one is dropped), and :func:`lightning_autoopt.plots.plot_dco` draws it with any logger.
 
     Only weight matrices of Linear/Conv layers (parameters with 2+ dimensions) are constrained, as in the code.
     Any LightningModule with such weights and a single optimizer works (any number of parameter groups; manual
@@ -122,6 +130,23 @@ class DCO(Callback):
         self.consolidation_steps: list[int] = []
         self.last_penalty = 0.0
         self.final_metrics: dict[str, float] = {}
+        self._history = BoundedHistory(_HISTORY_KEYS)
+
+    @property
+    def history(self) -> dict[str, Any]:
+        """The constraint over training (a copy; plain lists).
+
+        Keys: ``step`` (the optimizer step being taken), ``penalty`` (``strength * sum_t ||E_t (theta -
+        theta*_t)||^2``; NaN before the first consolidated task), ``task_grad_norm`` (the loss gradient on the
+        constrained weights; NaN when one was missing or not finite), ``penalty_grad_norm`` (before the clip; NaN
+        while inactive), one entry per step (thinned evenly on long runs: ``every`` steps per entry, ``offered`` in
+        all); ``consolidation_steps``, ``strength`` and ``penalty_grad_clip``.
+        """
+        out = self._history.as_dict()
+        out["consolidation_steps"] = list(self.consolidation_steps)
+        out["strength"] = self.strength
+        out["penalty_grad_clip"] = self.penalty_grad_clip
+        return out
 
     @property
     @override
@@ -157,15 +182,20 @@ class DCO(Callback):
     ) -> None:
         weights = self._weights_of(pl_module)
         raw = [p.grad for p in weights]
+        task_norm = math.nan
         if all(g is not None for g in raw):
             grads = self._matrices([g for g in raw if g is not None])
             if _flat.all_finite(grads):  # NaN/inf gradients never feed the autoencoder
                 self._gradients.append(grads)
+                task_norm = math.sqrt(sum(float(g.pow(2).sum()) for g in grads))
         self._weights.append(self._matrices(list(weights)))
+        step = trainer.global_step + 1  # the step this optimizer step completes
         if not self.tasks or self.strength == 0:
+            self._history.append(step=step, penalty=None, task_grad_norm=task_norm, penalty_grad_norm=None)
             return
         penalty, grads = self._penalty_and_grads(weights)
         norm = math.sqrt(sum(float(g.pow(2).sum()) for g in grads))
+        self._history.append(step=step, penalty=penalty, task_grad_norm=task_norm, penalty_grad_norm=norm)
         scale = 1.0
         if self.penalty_grad_clip > 0 and norm > self.penalty_grad_clip:
             scale = self.penalty_grad_clip / norm
@@ -250,6 +280,7 @@ class DCO(Callback):
             "weights": list(self._weights),
             "tasks": self.tasks,
             "consolidation_steps": list(self.consolidation_steps),
+            "history": self.history,
         }
 
     @override
@@ -258,3 +289,4 @@ class DCO(Callback):
         self._weights = deque(state_dict["weights"], maxlen=self.skip_recent + 1)
         self.tasks = list(state_dict["tasks"])
         self.consolidation_steps = [int(s) for s in state_dict["consolidation_steps"]]
+        self._history.load(state_dict.get("history", {}))  # absent in checkpoints written before it was recorded

@@ -13,10 +13,12 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_autoopt import _flat
+from lightning_autoopt._history import BoundedHistory
 
 __all__ = ["LPFSGD"]
 
 _MASK = (1 << 63) - 1
+_HISTORY_KEYS = ("step", "std", "radius", "loss")
 
 
 def filter_noise(param: Tensor, std: float, scale: str, generator: torch.Generator) -> Tensor:
@@ -74,6 +76,10 @@ class LPFSGD(Callback):
 
     Logged: ``lpf_sgd/std`` (γ(t), per step) and ``lpf_sgd/skipped``.
 
+    History: :attr:`history` records, per noise draw, γ(t), the measured relative radius ``‖u‖ / ‖θ‖`` of the draw
+    and the training loss at the perturbed point. It lives in the callback's state, bounded (past 2048 entries
+    every second one is dropped), and :func:`lightning_autoopt.plots.plot_lpf_sgd` draws it with any logger.
+
     Args:
         std: Base relative noise std γ₀ (reference: 0.001 for MNIST/LeNet, 0.002 CIFAR, 0.0005 with the cosine rise).
         schedule: ``"constant"`` or ``"cosine_increase"``.
@@ -129,6 +135,23 @@ class LPFSGD(Callback):
         self.skipped = 0
         self._horizon: float | None = None
         self._saved: list[tuple[Tensor, Tensor]] | None = None
+        self._history = BoundedHistory(_HISTORY_KEYS)
+        self._draw: tuple[int, float, float] | None = None  # (step, std, radius) of the draw awaiting its loss
+
+    @property
+    def history(self) -> dict[str, Any]:
+        """The noise over training (a copy; plain lists).
+
+        Keys: ``step`` (optimizer step of the draw), ``std`` (γ(t)), ``radius`` (``‖u‖ / ‖θ‖`` over all trainable
+        parameters; 0 with γ = 0, NaN for a skipped draw), ``loss`` (the training loss at θ + u; NaN when
+        ``training_step`` returned none), one entry per draw (thinned evenly on long runs: ``every`` draws per entry,
+        ``offered`` in all); ``schedule``, ``scale`` and ``skipped``.
+        """
+        out = self._history.as_dict()
+        out["schedule"] = self.schedule
+        out["scale"] = self.scale
+        out["skipped"] = self.skipped
+        return out
 
     @property
     @override
@@ -187,15 +210,24 @@ class LPFSGD(Callback):
         with torch.no_grad():
             if not _flat.all_finite(params):
                 self.skipped += 1
+                self._draw = (trainer.global_step, std, math.nan)
                 pl_module.log("lpf_sgd/skipped", float(self.skipped), on_step=True, on_epoch=False)
                 return
             if std == 0.0:
+                self._draw = (trainer.global_step, std, 0.0)
                 return
             generator = torch.Generator().manual_seed(draw_seed)
             saved: list[tuple[Tensor, Tensor]] = [(p, p.detach().clone()) for p in params]
+            # summed on the parameters' device, read once per draw (fp32: MPS has no float64)
+            noise_sq = param_sq = torch.zeros((), dtype=torch.float32, device=pl_module.device)
             for p in params:
-                p.add_(filter_noise(p, std, self.scale, generator))
+                noise = filter_noise(p, std, self.scale, generator)
+                noise_sq = noise_sq + noise.float().pow(2).sum().to(noise_sq.device)
+                param_sq = param_sq + p.detach().float().pow(2).sum().to(param_sq.device)
+                p.add_(noise)
         self._saved = saved
+        radius = math.sqrt(float(noise_sq) / float(param_sq)) if float(param_sq) > 0 else math.nan
+        self._draw = (trainer.global_step, std, radius)
         pl_module.log("lpf_sgd/std", std, on_step=True, on_epoch=False)
 
     @override
@@ -215,6 +247,12 @@ class LPFSGD(Callback):
         if self._saved is not None:
             rank_zero_warn("LPFSGD: no backward ran for this batch; the noise was removed at batch end.")
         self._restore()
+        if self._draw is not None:
+            step, std, radius = self._draw
+            self._draw = None
+            loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+            value = float(loss.detach().float().mean()) if isinstance(loss, Tensor) else math.nan
+            self._history.append(step=step, std=std, radius=radius, loss=value)
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
@@ -231,9 +269,10 @@ class LPFSGD(Callback):
     # ---------------------------------------------------------------- state
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"draws": self.draws, "skipped": self.skipped}
+        return {"draws": self.draws, "skipped": self.skipped, "history": self.history}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.draws = int(state_dict["draws"])
         self.skipped = int(state_dict.get("skipped", 0))
+        self._history.load(state_dict.get("history", {}))  # absent in checkpoints written before it was recorded

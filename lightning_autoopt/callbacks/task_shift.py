@@ -18,9 +18,12 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
+from lightning_autoopt._history import BoundedHistory
 from lightning_autoopt.continual.detector import DETECTOR_DEFAULTS, DetectorConfig, LossShiftDetector
 
 __all__ = ["TaskShiftAwareModule", "TaskShiftDetector", "TaskShiftInfo", "TaskShiftListener"]
+
+_HISTORY_KEYS = ("step", "loss", "loss_ema", "threshold")
 
 
 class TaskShiftInfo(TypedDict):
@@ -77,6 +80,12 @@ class TaskShiftDetector(Callback):
     NaN/inf losses are skipped and counted; they never trigger a shift. All ranks decide identically because the
     loss is averaged over ranks before the test.
 
+    History: :attr:`history` records, per optimizer step, the loss the test saw, its EMA and the threshold (NaN
+    while the test is silent), plus every shift with the EMA and threshold that revealed it. It lives in the
+    callback's state, bounded (past 2048 entries every second one is dropped, so long runs stay covered at half the
+    resolution), and :func:`lightning_autoopt.plots.plot_task_shift` draws it with any logger, from a checkpoint,
+    after a resume.
+
     Args:
         window, ema_alpha, k_sigma, std_floor, min_history, initial_loss, lag: The test's settings, documented once
             in :class:`~lightning_autoopt.continual.DetectorConfig` (kept as :attr:`config`).
@@ -130,6 +139,26 @@ class TaskShiftDetector(Callback):
         self._pending_sum = 0.0
         self._pending_count = 0
         self._last_step: int | None = None
+        self._history = BoundedHistory(_HISTORY_KEYS)
+        self._shift_ema: list[float] = []
+        self._shift_threshold: list[float] = []
+
+    @property
+    def history(self) -> dict[str, Any]:
+        """The test over training (a copy; plain lists, so it pickles and serialises as JSON).
+
+        Keys: ``step``, ``loss`` (the mean loss of the step the test saw; NaN when it was not finite), ``loss_ema``,
+        ``threshold`` (NaN while the test is silent: before ``min_history`` losses of the current task), one entry
+        per recorded step (thinned evenly on long runs: ``every`` steps per entry, ``offered`` steps in all);
+        ``shift_steps``, ``shift_loss_ema`` and ``shift_threshold`` per detected shift; ``k_sigma`` and ``window``.
+        """
+        out = self._history.as_dict()
+        out["shift_steps"] = list(self.shift_steps)
+        out["shift_loss_ema"] = list(self._shift_ema)
+        out["shift_threshold"] = list(self._shift_threshold)
+        out["k_sigma"] = self.detector.k_sigma
+        out["window"] = self.detector.window_size
+        return out
 
     @property
     @override
@@ -191,12 +220,25 @@ class TaskShiftDetector(Callback):
         mean_loss = trainer.strategy.reduce(mean_loss, reduce_op="mean")
         value = float(mean_loss)
         shift = self.detector.update(value)
+        self._record(trainer.global_step, value, shift)
         # log() is costly next to a small model's step: log on the logger's cadence, at shifts and at bad losses.
         every = max(getattr(trainer, "log_every_n_steps", 50), 1)
         if shift or not math.isfinite(value) or trainer.global_step % every == 0:
             self._log(pl_module, value, shift)
         if shift:
             self._on_shift(trainer, pl_module)
+
+    def _record(self, step: int, loss: float, shift: bool) -> None:
+        detector = self.detector
+        ema: float | None
+        if shift:  # the statistics restarted on the new task: record what revealed the shift
+            ema, threshold = detector.last_shift["loss_ema"], detector.last_shift["threshold"]
+            self._shift_ema.append(ema)
+            self._shift_threshold.append(threshold)
+        else:
+            armed = len(detector.window) >= detector.min_history and math.isfinite(detector.threshold)
+            ema, threshold = detector.smoothed, detector.threshold if armed else math.nan
+        self._history.append(step=step, loss=loss, loss_ema=ema, threshold=threshold)
 
     def _log(self, pl_module: pl.LightningModule, value: float, shift: bool) -> None:
         if math.isfinite(value):
@@ -243,6 +285,7 @@ class TaskShiftDetector(Callback):
             "pending_sum": self._pending_sum,
             "pending_count": self._pending_count,
             "last_step": self._last_step,
+            "history": self.history,
         }
 
     @override
@@ -253,3 +296,7 @@ class TaskShiftDetector(Callback):
         self._pending_sum = float(state_dict["pending_sum"])
         self._pending_count = int(state_dict["pending_count"])
         self._last_step = state_dict["last_step"]
+        history = state_dict.get("history", {})  # absent in checkpoints written before it was recorded
+        self._history.load(history)
+        self._shift_ema = [float(v) for v in history.get("shift_loss_ema", [])]
+        self._shift_threshold = [float(v) for v in history.get("shift_threshold", [])]

@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
+from lightning_autoopt._history import BoundedHistory
 from lightning_autoopt.continual._experts import build_module, check_spec
 from lightning_autoopt.continual.buffer import ReservoirBuffer
 from lightning_autoopt.continual.detector import DETECTOR_DEFAULTS, DetectorConfig, LossShiftDetector
@@ -25,6 +26,7 @@ from lightning_autoopt.landscape.loss import evaluation_mode
 
 _BUFFER_MODES = ("class_balanced", "reservoir")
 _SELECTOR_INDEX = 100_000  # seed index of the selector (experts use 0, 1, 2, ...)
+_HISTORY_KEYS = ("batch", "expert", "loss", "loss_ema", "threshold")
 
 
 class TAME(pl.LightningModule):
@@ -51,6 +53,11 @@ class TAME(pl.LightningModule):
     outputs (global labels). All experts share one SGD optimizer with **one parameter group per expert** (its own LR
     schedule, stepped by the expert's own step count); experts without gradients are not touched, so it behaves as
     one optimizer per expert while keeping Lightning's checkpointing of optimizer state. Single device only.
+
+    History: :attr:`history` records, per batch of the stream, the active expert, its loss, EMA and threshold, plus
+    every shift with the expert it chose (re-used or spawned) and the true task changes when batches carry task
+    ids. It is saved in the checkpoint (bounded: past 2048 batches every second one is dropped), and
+    :func:`lightning_autoopt.plots.plot_tame` draws the experts over the stream from it.
 
     Args:
         expert: Expert architecture name or class-path dict.
@@ -181,6 +188,38 @@ class TAME(pl.LightningModule):
         self.task_expert_counts: dict[tuple[int, int], int] = {}
         self.final_metrics: dict[str, float] = {}
         self._expert_loss_fn: BatchLoss | None = None
+        self._history = BoundedHistory(_HISTORY_KEYS)
+        self.switch_experts: list[int] = []  # the expert chosen at each shift (same order as shift_batches)
+
+    @property
+    def history(self) -> dict[str, Any]:
+        """The experts over the stream (a copy; plain lists).
+
+        Keys: ``batch`` (index in the stream), ``expert`` (active after the batch), ``loss`` (the active expert's
+        loss on the batch before its update; NaN for a skipped batch), ``loss_ema`` and ``threshold`` (its
+        detector's; the threshold is NaN while the test is silent), one entry per batch (thinned evenly on long
+        streams: ``every`` batches per entry, ``offered`` in all); ``shift_batches`` with ``switch_experts`` (the
+        expert chosen at each), ``spawn_batches``, ``true_task_changes`` (``[batch, task id]`` pairs) and
+        ``num_experts``.
+        """
+        out = self._history.as_dict()
+        out["shift_batches"] = list(self.shift_batches)
+        out["switch_experts"] = list(self.switch_experts)
+        out["spawn_batches"] = list(self.spawn_batches)
+        out["true_task_changes"] = [list(c) for c in self.true_task_changes]
+        out["num_experts"] = self.num_experts
+        return out
+
+    def _record(self, expert: int, loss: float) -> None:
+        detector = self.detectors[expert]
+        armed = len(detector.window) >= detector.min_history and math.isfinite(detector.threshold)
+        self._history.append(
+            batch=self.batches_seen,
+            expert=expert,
+            loss=loss,
+            loss_ema=detector.smoothed,
+            threshold=detector.threshold if armed else math.nan,
+        )
 
     @property
     def _hp(self) -> Any:
@@ -296,6 +335,7 @@ class TAME(pl.LightningModule):
         if not math.isfinite(value):
             # Skipped and counted: a bad batch never triggers a shift and never updates an expert.
             self.num_nonfinite += 1
+            self._record(current, math.nan)
             self.batches_seen += 1
             self.log("tame/nonfinite", float(self.num_nonfinite))
             return None
@@ -317,6 +357,7 @@ class TAME(pl.LightningModule):
         if task_id is not None:
             key = (task_id, current)
             self.task_expert_counts[key] = self.task_expert_counts.get(key, 0) + 1
+        self._record(current, value)
         self.batches_seen += 1
         self.log("tame/loss", loss.detach(), prog_bar=True)
         # Lightning's log() costs about as much as a tiny model's step: the slow-moving signals are logged on the
@@ -354,6 +395,7 @@ class TAME(pl.LightningModule):
             self.spawn_batches.append(self.batches_seen)
             rank_zero_info(f"[TAME] shift at batch {self.batches_seen}: spawned expert {chosen}")
         self.current = chosen
+        self.switch_experts.append(chosen)
         loss = self._expert_loss(self.experts[chosen], x, y)
         value = float(loss.detach())
         if chosen == self.num_experts - 1 and self.expert_steps[chosen] == 0:
@@ -506,6 +548,7 @@ class TAME(pl.LightningModule):
             "spawn_batches": list(self.spawn_batches),
             "true_task_changes": list(self.true_task_changes),
             "task_expert_counts": dict(self.task_expert_counts),
+            "history": self.history,
         }
 
     @override
@@ -533,6 +576,9 @@ class TAME(pl.LightningModule):
         self.spawn_batches = list(state["spawn_batches"])
         self.true_task_changes = [tuple(c) for c in state["true_task_changes"]]
         self.task_expert_counts = dict(state["task_expert_counts"])
+        history = state.get("history", {})  # absent in checkpoints written before it was recorded
+        self._history.load(history)
+        self.switch_experts = [int(e) for e in history.get("switch_experts", [])]
 
     def summary(self) -> dict[str, Any]:
         """Experts, parameters, spawn/shift batches, and the selector's sparsity."""

@@ -7,6 +7,7 @@ from lightning_autoopt.continual import TAME, ReservoirBuffer
 from lightning_autoopt.continual.pruning import global_magnitude_prune, make_pruning_permanent, sparsity
 from lightning_autoopt.data.streams import TaskStreamDataModule
 from tests.helpers import make_trainer
+from tests.test_history import same
 
 
 def _tame(**kwargs):
@@ -26,6 +27,10 @@ def test_spawns_one_expert_per_new_task_and_reuses_on_recurring_task(tmp_path):
     assert model.spawn_batches == [40, 80]
     assert model.shift_batches == [40, 80, 120]
     assert model.expert_of_task() == {0: 0, 1: 1, 2: 2}
+    hist = model.history  # what plot_tame draws
+    assert hist["batch"] == [float(b) for b in range(160)] and hist["switch_experts"] == [1, 2, 1]
+    assert hist["expert"][39:41] == [0.0, 1.0] and hist["expert"][125] == 1.0
+    assert hist["true_task_changes"] == [[0, 0], [40, 1], [80, 2], [120, 1]]
     m = model.final_metrics
     assert m["false_detections"] == 0 and m["missed_boundaries"] == 0
     assert m["class_il_acc"] > 0.6 and m["selector_acc"] > 0.6
@@ -66,6 +71,7 @@ def test_resume_mid_stream_continues_identically(tmp_path):
     make_trainer(tmp_path, max_epochs=4).fit(resumed, datamodule=dm(), ckpt_path=str(path))
     assert resumed.num_experts == full.num_experts
     assert resumed.shift_batches == full.shift_batches
+    assert same(resumed.history, full.history)
     for a, b in zip(full.state_dict().items(), resumed.state_dict().items()):
         assert a[0] == b[0]
         assert torch.equal(a[1], b[1]), a[0]

@@ -1,0 +1,165 @@
+"""The plot functions: every method's signal from its own history, the strategy rounds, training curves."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lightning_autoopt.callbacks import DCO, LPFSGD, SharpnessProbe, TaskShiftDetector
+from tests.callbacks.test_task_shift import ShiftingBlobs
+from tests.helpers import TinyClassifier, TinyDataModule, make_trainer
+
+pytest.importorskip("matplotlib")
+
+from lightning_autoopt import plots  # noqa: E402
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(height, width) in pixels of a PNG written by the plot functions."""
+    from matplotlib.image import imread
+
+    image = imread(path)
+    return image.shape[0], image.shape[1]
+
+
+def inches(path: Path) -> float:
+    """Figure height in inches (the plots use dpi 110): tells how many panels were drawn."""
+    return png_size(path)[0] / 110
+
+
+def synthetic_round_history(
+    ranks: int = 4,
+    rounds: int = 40,
+    period: int = 8,
+    rank: int = 0,
+    losses: bool = True,
+    leader: bool = True,
+    consensus: bool = True,
+    seed: int = 0,
+) -> dict[str, list[Any]]:
+    """A history with the interface of ``LocalUpdateStrategy.history`` (one entry per round)."""
+    rng = random.Random(seed)
+    keys = ("step", "round", "bytes_sent_total", "consensus_distance", "leader", "losses", "healed", "nonfinite")
+    hist: dict[str, list[Any]] = {k: [] for k in keys}
+    sent = 0
+    for r in range(1, rounds + 1):
+        per_rank = [2.3 * math.exp(-r / 20) + 0.2 + 0.05 * rng.random() + 0.02 * k for k in range(ranks)]
+        sent += 4 * 20_000
+        hist["step"].append(r * period)
+        hist["round"].append(r)
+        hist["bytes_sent_total"].append(sent + 1000 * rank)
+        hist["consensus_distance"].append(0.5 * math.exp(-r / 30) if consensus and r % 2 == 0 else float("nan"))
+        hist["leader"].append(min(range(ranks), key=per_rank.__getitem__) if leader else -1)
+        hist["losses"].append(per_rank if losses else [])
+        hist["healed"].append(int(r >= 25))
+        hist["nonfinite"].append(int(r >= 25))
+    return hist
+
+
+# ---------------------------------------------------------------------------------------------- strategy rounds
+def test_plot_strategy_draws_only_the_panels_it_has_data_for(tmp_path):
+    full = plots.plot_strategy([synthetic_round_history(rank=r) for r in range(4)], tmp_path / "full.png")
+    bare = plots.plot_strategy(
+        synthetic_round_history(losses=False, leader=False, consensus=False), tmp_path / "bare.png"
+    )
+    no_leader = plots.plot_strategy(synthetic_round_history(leader=False), tmp_path / "no_leader.png")
+    # panel heights: loss 3.0, leader 1.6, consensus 2.2, bytes 2.2, plus 1.2 for the title
+    assert inches(full) == pytest.approx(1.2 + 3.0 + 1.6 + 2.2 + 2.2, abs=0.05)
+    assert inches(bare) == pytest.approx(1.2 + 2.2, abs=0.05)
+    assert inches(no_leader) == pytest.approx(1.2 + 3.0 + 2.2 + 2.2, abs=0.05)
+
+
+def test_plot_strategy_reads_every_form_of_the_history(tmp_path):
+    hist = synthetic_round_history()
+
+    class Strategy:
+        history = hist
+
+    entry = {  # what a checkpoint holds under CHECKPOINT_KEY
+        "strategy": "LSGDStrategy",
+        "ranks": [{"strategy": {"class": "LSGDStrategy", "history": synthetic_round_history(rank=r)}} for r in (0, 1)],
+    }
+    in_extra = {"class": "EASGDStrategy", "extra": {"history": hist}}
+    assert plots.strategy_histories(entry)[1] == "LSGDStrategy" and len(plots.strategy_histories(entry)[0]) == 2
+    assert plots.strategy_histories(in_extra) == ([hist], "EASGDStrategy")
+    assert plots.strategy_histories(Strategy()) == ([hist], "Strategy")
+    for i, source in enumerate((Strategy(), entry, in_extra, hist)):
+        assert plots.plot_strategy(source, tmp_path / f"{i}.png").is_file()
+    old = {"ranks": [{"strategy": {"class": "LSGDStrategy", "extra": {}}}]}  # written before histories existed
+    assert plots.strategy_histories(old) == ([], "LSGDStrategy")
+    with pytest.raises(ValueError, match="round history"):
+        plots.plot_strategy(old, tmp_path / "old.png")
+    empty = {k: [] for k in hist}
+    with pytest.raises(ValueError, match="no round"):
+        plots.plot_strategy(empty, tmp_path / "empty.png")
+
+
+# ---------------------------------------------------------------------------------------------- callbacks
+def test_task_shift_and_dco_plots_from_the_callbacks_and_their_state(tmp_path):
+    det, dco = TaskShiftDetector(verbose=False), DCO(ae_steps=20, num_directions=2)
+    make_trainer(tmp_path, [det, dco]).fit(TinyClassifier(lr=0.1, momentum=0.9), datamodule=ShiftingBlobs())
+    assert plots.plot_task_shift(det, tmp_path / "a.png", true_boundaries=[60]).is_file()
+    assert plots.plot_task_shift(det.state_dict(), tmp_path / "b.png").is_file()
+    assert plots.plot_dco(dco, tmp_path / "c.png").is_file()
+    assert plots.plot_dco(dco.state_dict()["history"], tmp_path / "d.png").is_file()
+    with pytest.raises(ValueError, match="plot_dco needs"):
+        plots.plot_dco(det, tmp_path / "e.png")
+    with pytest.raises(ValueError, match="plot_task_shift needs"):
+        plots.plot_task_shift({"step": [1]}, tmp_path / "f.png")
+
+
+def test_sharpness_plot_one_panel_per_measure_and_overlays(tmp_path):
+    probes = [SharpnessProbe(measures=["lpf", "shannon"], every_n_steps=4, max_batches=1) for _ in range(2)]
+    for lr, probe in zip((0.05, 0.2), probes):
+        make_trainer(tmp_path, [probe]).fit(TinyClassifier(lr=lr), datamodule=TinyDataModule())
+    assert [h["step"] for h in probes[0].history] == [4.0, 8.0, 12.0, 16.0]
+    one = plots.plot_sharpness(probes[0], tmp_path / "one.png")
+    both = plots.plot_sharpness(probes, tmp_path / "both.png", labels=["lr 0.05", "lr 0.2"], x="epoch")
+    assert inches(one) == pytest.approx(1.0 + 2 * 2.1, abs=0.05) and both.is_file()
+    assert plots.plot_sharpness({"history": probes[0].history}, tmp_path / "state.png").is_file()
+    with pytest.raises(ValueError, match="no probe"):
+        plots.plot_sharpness([], tmp_path / "none.png")
+    with pytest.raises(ValueError, match="labels"):
+        plots.plot_sharpness(probes, tmp_path / "x.png", labels=["one"])
+
+
+def test_lpf_sgd_plot(tmp_path):
+    lpf = LPFSGD(std=0.01)
+    make_trainer(tmp_path, [lpf]).fit(TinyClassifier(), datamodule=TinyDataModule())
+    assert plots.plot_lpf_sgd(lpf.state_dict(), tmp_path / "lpf.png").is_file()
+
+
+def test_tame_plot_from_a_synthetic_history_with_spawns_and_reuses(tmp_path):
+    batches = list(range(120))
+    expert = [0] * 40 + [1] * 40 + [0] * 40
+    hist = {
+        "batch": batches,
+        "expert": expert,
+        "loss": [1.0 / (1 + b % 40) for b in batches],
+        "loss_ema": [1.2 / (1 + b % 40) for b in batches],
+        "threshold": [float("nan")] * 5 + [1.5] * 115,
+        "shift_batches": [40, 80],
+        "switch_experts": [1, 0],
+        "spawn_batches": [40],
+        "true_task_changes": [[0, 0], [40, 1], [80, 0]],
+        "num_experts": 2,
+    }
+    assert plots.plot_tame({"history": hist}, tmp_path / "tame.png").is_file()
+
+
+def test_plot_metrics_groups_curves_and_leaves_method_signals_out(tmp_path):
+    csv = tmp_path / "metrics.csv"
+    rows = ["epoch,step,train_loss,val_loss,val_acc,autodrop/lr"]
+    rows += [f"0,{s},{1 / s},,,0.1" for s in range(1, 20)]
+    rows += ["0,19,,0.5,0.8,", "1,39,,0.4,0.85,"]
+    csv.write_text("\n".join(rows) + "\n")
+    png = plots.plot_metrics(csv, tmp_path / "m.png")
+    assert inches(png) == pytest.approx(1.0 + 2 * 2.2, abs=0.05)  # loss (train + val) and acc panels
+    only = plots.plot_metrics(csv, tmp_path / "lr.png", keys=["autodrop/lr"])
+    assert inches(only) == pytest.approx(1.0 + 2.2, abs=0.05)
+    with pytest.raises(ValueError, match="not in"):
+        plots.plot_metrics(csv, tmp_path / "x.png", keys=["nope"])
