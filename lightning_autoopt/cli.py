@@ -10,6 +10,10 @@ Runs are restart-ready (see :class:`AutoOptCLI`): one folder per run with
 checkpoint when there is one, after :func:`~lightning_autoopt.checkpoint.verify_checkpoint` checked it. Errors in a
 checkpoint, a name or a value end the command with one line on stderr (``AUTOOPT_TRACEBACK=1`` for a traceback).
 
+``autoopt plot RUN_DIR`` draws a finished (or interrupted) run's plots into ``RUN_DIR/plots/``: the training curves
+from ``metrics.csv`` and one PNG per method signal, from the histories the callbacks and strategies keep in the
+run's last checkpoint (:func:`lightning_autoopt.plots.plot_run`).
+
 The recipes shipped with the package (:mod:`lightning_autoopt.recipes`) run without a clone of the repository:
 ``--config recipe:NAME`` loads the recipe ``NAME`` (with ``fit``, ``validate``, ``test`` and ``predict``), and
 ``autoopt recipes`` lists them. A path to your own YAML file works as in any LightningCLI.
@@ -21,6 +25,7 @@ your code) are dropped; every other message and warning is kept.
 Example::
 
     autoopt recipes                                         # the recipes, with one-line descriptions
+    autoopt plot runs/autodrop_mnist1d                      # every method's plot of a finished run
     autoopt recipes autodrop_mnist1d > my_autodrop.yaml     # a recipe's YAML, to copy and edit
     autoopt fit --config recipe:autodrop_mnist1d
     autoopt fit --config recipe:lsgd_mnist1d --trainer.max_epochs=3
@@ -81,7 +86,8 @@ _DESCRIPTION = (
 )
 _EPILOG = (
     f"More: `{PROG} recipes` lists the recipes shipped with the package; `{PROG} fit --config recipe:NAME` runs one; "
-    f"`{PROG} recipes NAME` prints its YAML. `{PROG} fit --help` shows every option with its documentation."
+    f"`{PROG} recipes NAME` prints its YAML. `{PROG} plot RUN_DIR` draws a run's plots. `{PROG} fit --help` shows "
+    "every option with its documentation."
 )
 _CONFIG_FLAGS = ("-c", "--config")
 # Lightning logs these through rank_zero_info; there is no switch for them (Lightning issue #21294).
@@ -506,6 +512,32 @@ def _recipes_command(argv: Sequence[str]) -> None:
     sys.stdout.write(f"{path}\n" if ns.path else path.read_text(encoding="utf-8"))
 
 
+def _plot_command(argv: Sequence[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} plot",
+        description=(
+            "Draw a run's plots: the training curves from RUN_DIR/metrics.csv and one PNG per method signal "
+            "(AutoDrop, SharpnessProbe, TaskShiftDetector, LPFSGD, DCO, TAME, local-update strategies), read from "
+            "the histories kept in the run's last checkpoint, so any logger works and interrupted runs too."
+        ),
+        epilog=f"Example: {PROG} plot lightning_logs/autodrop_mnist1d   (the folder with metrics.csv and checkpoints/)",
+    )
+    parser.add_argument(
+        "run_dir", type=Path, help="the run folder (metrics.csv, checkpoints/last.ckpt), or a .ckpt file"
+    )
+    parser.add_argument("--out", type=Path, default=None, help="where the PNGs go (default: RUN_DIR/plots)")
+    ns = parser.parse_args(list(argv))
+    from lightning_autoopt.plots import plot_run
+
+    try:
+        result = plot_run(ns.run_dir, ns.out)
+    except (FileNotFoundError, CheckpointError, ImportError) as err:
+        _fail(str(err))
+    lines = [f"Plots of {result.checkpoint}:"] + [f"  {path}" for path in result.paths]
+    lines += [f"note: {note}" for note in result.notes]
+    sys.stdout.write("\n".join(lines) + "\n")  # a CLI listing: stdout is its output, not a log message
+
+
 def main(args: Sequence[str] | None = None) -> None:
     """Entry point of the ``autoopt`` console script (``args=None`` reads ``sys.argv``).
 
@@ -515,6 +547,9 @@ def main(args: Sequence[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
     if argv and argv[0] == "recipes":
         _recipes_command(argv[1:])
+        return
+    if argv and argv[0] == "plot":
+        _plot_command(argv[1:])
         return
     AutoOptCLI(args=args)
 

@@ -288,6 +288,21 @@ def _running_mean(values: Sequence[float], n: int) -> list[float]:
     return out
 
 
+def _clip_spikes(ax: Any, raw: Sequence[float], keep: Sequence[float]) -> None:
+    """Y range from 0 to the 99th percentile of a noisy ``raw`` curve, never below the ``keep`` curves' maximum.
+
+    The first batches of a new task spike and would flatten the rest; the EMA and the detections stay in view.
+    """
+    finite = _finite(raw)
+    if len(finite) < 2:
+        return
+    top = sorted(finite)[int(0.99 * (len(finite) - 1))] if len(finite) >= 100 else max(finite)
+    top = max([top, *_finite(keep)])
+    low = min(0.0, min(finite))
+    if top > low:
+        ax.set_ylim(bottom=low, top=low + (top - low) * 1.08)
+
+
 def _mark(axes: Sequence[Any], xs: Sequence[float], label: str, color: str = _EVENT, style: str = "--") -> None:
     """Vertical lines at ``xs`` on every axis; the label goes on the first axis only (one legend entry)."""
     for i, ax in enumerate(axes):
@@ -448,22 +463,23 @@ def plot_task_shift(
     ax.plot(steps, loss, color=_RAW, linewidth=0.7, label="loss of the step")
     ax.plot(steps, _floats(hist["loss_ema"]), color=_SIGNAL, linewidth=1.4, label="loss EMA")
     k = hist.get("k_sigma")
+    threshold = _floats(hist["threshold"])
     ax.plot(
         steps,
-        _floats(hist["threshold"]),
+        threshold,
         color=_THRESHOLD,
         linewidth=1.2,
-        label="threshold: mean + " + (f"{float(k):g}" if k is not None else "k") + "·std of the window",
+        label=("threshold: mean + " + (f"{float(k):g}" if k is not None else "k") + "·std of the window")
+        if _finite(threshold)
+        else None,
     )
     shifts = _floats(hist.get("shift_steps", []))
     ema_at = _floats(hist.get("shift_loss_ema", [])) or [float("nan")] * len(shifts)
-    ax.plot(shifts, ema_at, linestyle="none", marker="v", markersize=9, color=_EVENT, label="shift detected")
+    if shifts:
+        ax.plot(shifts, ema_at, linestyle="none", marker="v", markersize=9, color=_EVENT, label="shift detected")
     _mark([ax], shifts, "", style="--")
     _mark([ax], true_boundaries, "true task change", color="black", style=":")
-    finite = _finite(loss)
-    if finite:  # a spike of the first batches of a task should not flatten the rest
-        top = sorted(finite)[int(0.99 * (len(finite) - 1))]
-        ax.set_ylim(bottom=min(0.0, min(finite)), top=max(top, *_finite(ema_at), 1e-12) * 1.15)
+    _clip_spikes(ax, loss, _floats(hist["loss_ema"]) + ema_at)
     ax.set_ylabel("training loss")
     _legend(ax, ncol=3)
     n = len(shifts)
@@ -514,10 +530,7 @@ def plot_tame(source: Any, out_png: str | Path, title: str | None = None) -> Pat
     ax.plot(batches, _floats(hist["threshold"]), color=_THRESHOLD, linewidth=1.2, label="its threshold")
     shifts = _floats(hist.get("shift_batches", []))
     _mark([ax], shifts, "shift detected")
-    finite = _finite(_floats(hist["loss"]))
-    if finite:
-        top = sorted(finite)[int(0.99 * (len(finite) - 1))]
-        ax.set_ylim(bottom=0.0, top=top * 1.15)
+    _clip_spikes(ax, _floats(hist["loss"]), _floats(hist["loss_ema"]))
     ax.set_ylabel("loss")
     _legend(ax, ncol=4)
 

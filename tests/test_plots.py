@@ -163,3 +163,109 @@ def test_plot_metrics_groups_curves_and_leaves_method_signals_out(tmp_path):
     assert inches(only) == pytest.approx(1.0 + 2.2, abs=0.05)
     with pytest.raises(ValueError, match="not in"):
         plots.plot_metrics(csv, tmp_path / "x.png", keys=["nope"])
+
+
+# ---------------------------------------------------------------------------------------------- autoopt plot RUN_DIR
+RUN_CONFIG = """
+seed_everything: 0
+trainer:
+  accelerator: cpu
+  devices: 1
+  max_epochs: 2
+  limit_train_batches: 6
+  limit_val_batches: 2
+  log_every_n_steps: 1
+  enable_progress_bar: false
+  enable_model_summary: false
+  callbacks:
+    - class_path: lightning_autoopt.callbacks.AutoDrop
+    - class_path: lightning_autoopt.callbacks.SharpnessProbe
+      init_args: {measures: [lpf, shannon], every_n_steps: 3, max_batches: 1, measure_kwargs: {lpf: {num_samples: 3}}}
+    - class_path: lightning_autoopt.callbacks.TaskShiftDetector
+      init_args: {verbose: false}
+model:
+  class_path: tests.helpers.TinyClassifier
+data:
+  class_path: tests.helpers.TinyDataModule
+"""
+
+
+def test_autoopt_plot_draws_every_signal_of_a_cli_run(tmp_path, monkeypatch, capsys):
+    import sys
+
+    import torch
+
+    from lightning_autoopt.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["autoopt"])
+    (tmp_path / "tiny_run.yaml").write_text(RUN_CONFIG)
+    main(["fit", "--config", str(tmp_path / "tiny_run.yaml")])
+    run = tmp_path / "lightning_logs" / "tiny_run"
+    assert (run / "metrics.csv").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    capsys.readouterr()
+    main(["plot", str(run)])
+    out = capsys.readouterr().out
+    names = {"training.png", "autodrop.png", "sharpness.png", "task_shift.png"}
+    printed = {Path(line.strip()).name for line in out.splitlines() if line.startswith("  ")}
+    assert printed == names, out
+    assert all((run / "plots" / n).is_file() for n in names)
+    assert "note:" not in out  # a safe (weights_only) load, every signal found
+    # the plots read the checkpoint's histories: the same steps the callbacks recorded
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    states = {key.split("{")[0]: state for key, state in ckpt["callbacks"].items()}
+    assert states["TaskShiftDetector"]["history"]["step"] == [float(s) for s in range(1, 13)]
+    assert [h["step"] for h in states["SharpnessProbe"]["history"]] == [3.0, 6.0, 9.0, 12.0]
+    # --out elsewhere; the .ckpt itself works too
+    main(["plot", str(run / "checkpoints" / "last.ckpt"), "--out", str(tmp_path / "elsewhere")])
+    assert {p.name for p in (tmp_path / "elsewhere").glob("*.png")} == names
+
+
+def test_autoopt_plot_errors_name_the_folder_and_the_runs_below_it(tmp_path, capsys):
+    from lightning_autoopt.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["plot", str(tmp_path / "missing")])
+    assert exit_info.value.code == 1 and "does not exist" in capsys.readouterr().err
+    run = tmp_path / "lightning_logs" / "exp"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "metrics.csv").write_text("epoch,step,train_loss\n0,1,0.5\n")
+    with pytest.raises(SystemExit):
+        main(["plot", str(run)])
+    err = capsys.readouterr().err
+    assert err.startswith("autoopt: error: No checkpoint in") and len(err.strip().splitlines()) == 1
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"PK\x03\x04 cut off")
+    with pytest.raises(SystemExit):
+        main(["plot", str(tmp_path / "lightning_logs")])  # the parent: says where the runs are
+    assert f"Run folders below it: {run}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["plot", str(run)])  # a damaged checkpoint: one line naming it
+    err = capsys.readouterr().err
+    assert "last.ckpt" in err and "truncated" in err and len(err.strip().splitlines()) == 1
+
+
+def test_plot_run_finds_the_newest_checkpoint_and_the_strategy_history(tmp_path):
+    import os
+
+    import torch
+
+    from lightning_autoopt.checkpoint import CHECKPOINT_KEY
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    hist = synthetic_round_history(ranks=2)
+    with_history = {
+        "callbacks": {},
+        CHECKPOINT_KEY: {"strategy": "LSGDStrategy", "ranks": [{"strategy": {"history": hist}} for _ in range(2)]},
+    }
+    without = {"callbacks": {}, CHECKPOINT_KEY: {"strategy": "LSGDStrategy", "ranks": [{"strategy": {"extra": {}}}]}}
+    torch.save(without, run / "checkpoints" / "epoch=0-step=4.ckpt")
+    torch.save(with_history, run / "checkpoints" / "epoch=1-step=8.ckpt")
+    os.utime(run / "checkpoints" / "epoch=0-step=4.ckpt", (1, 1))  # older
+    assert plots.find_run_checkpoint(run).name == "epoch=1-step=8.ckpt"  # interrupted: no last.ckpt
+    result = plots.plot_run(run)
+    assert [p.name for p in result.paths] == ["strategy.png"]
+    assert any("no training curves" in n for n in result.notes)
+    torch.save(without, run / "checkpoints" / "last.ckpt")
+    result = plots.plot_run(run)
+    assert result.paths == [] and any("holds no round history" in n for n in result.notes)
