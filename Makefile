@@ -1,6 +1,7 @@
 # lightning-autoopt developer commands. `make demo` and `make test` create .venv on first use.
-# Also: `make docs` (site, warnings are errors), `make wheel-check` (build + install the wheel in a fresh venv),
-# `make test-lowest` (fast tests with the lowest supported versions; several GB of downloads, ~15 min).
+# Also: `make docs` (site, warnings are errors), `make docs-plots` (the docs' method-signal figures),
+# `make wheel-check` (build + install the wheel in a fresh venv), `make test-lowest` (fast tests with the lowest
+# supported versions; several GB of downloads, ~15 min).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,7 +9,7 @@ STAMP := $(VENV)/.installed
 export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 
-.PHONY: demo test test-fast test-lowest wheel-check docs bench lint venv clean
+.PHONY: demo test test-fast test-lowest wheel-check docs docs-plots bench lint venv clean
 
 venv: $(STAMP)
 
@@ -73,7 +74,11 @@ docs: $(STAMP)
 		$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[docs]"
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
-LINT_PATHS := lightning_autoopt tests benchmarks docs/hooks.py $(wildcard examples)
+# The method-signal figures of the docs (docs/img/*.png), from real short runs (about a minute on 2 cores).
+docs-plots: $(STAMP)
+	$(BIN)/python docs/make_plots.py
+
+LINT_PATHS := lightning_autoopt tests benchmarks docs/hooks.py docs/make_plots.py $(wildcard examples)
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check $(LINT_PATHS)

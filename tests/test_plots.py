@@ -269,3 +269,19 @@ def test_plot_run_finds_the_newest_checkpoint_and_the_strategy_history(tmp_path)
     torch.save(without, run / "checkpoints" / "last.ckpt")
     result = plots.plot_run(run)
     assert result.paths == [] and any("holds no round history" in n for n in result.notes)
+
+
+MAKE_PLOTS = Path(__file__).resolve().parents[1] / "docs" / "make_plots.py"
+
+
+@pytest.mark.skipif(not MAKE_PLOTS.is_file(), reason="needs the source tree (docs/make_plots.py)")
+def test_docs_figure_script_runs(tmp_path):
+    """docs/make_plots.py (the docs' method-signal figures) keeps working; its quickest run: TAME."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("autoopt_make_plots", MAKE_PLOTS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert set(module.RUNS) == {"sharpness", "task_shift", "tame", "lpf_sgd", "strategy"}
+    written = module.main(["--only", "tame", "--out", str(tmp_path)])
+    assert written == [tmp_path / "tame_experts.png"] and written[0].is_file()
