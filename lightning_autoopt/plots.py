@@ -1025,6 +1025,7 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> RunPlots
     else:
         result.notes.append(f"no {metrics_csv}: no training curves (the run was not logged with a CSV logger).")
     used: dict[str, int] = {}
+    found = False
 
     def stem_for(stem: str) -> Path:
         used[stem] = used.get(stem, 0) + 1
@@ -1034,6 +1035,7 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> RunPlots
         kind = _callback_kind(str(state_key), state)
         if kind is None:
             continue
+        found = True
         stem, plot, _ = _CALLBACK_PLOTS[kind]
         try:
             if kind == "AutoDrop":
@@ -1044,12 +1046,14 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> RunPlots
         except (ValueError, KeyError) as err:
             result.notes.append(f"{kind}: nothing to plot ({err}).")
     if isinstance(checkpoint.get("tame"), Mapping):
+        found = True
         try:
             result.paths.append(plot_tame(checkpoint["tame"], stem_for("tame")))
         except ValueError as err:
             result.notes.append(f"TAME: nothing to plot ({err}).")
     stored = checkpoint.get(CHECKPOINT_KEY)
     if isinstance(stored, Mapping):
+        found = True
         histories, name = strategy_histories(stored)
         if histories:
             try:
@@ -1058,9 +1062,9 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> RunPlots
                 result.notes.append(f"{name or 'strategy'}: nothing to plot ({err}).")
         else:
             result.notes.append(
-                f"{name or 'the local-update strategy'}: its saved state holds no round history (a checkpoint "
-                "written before the strategies recorded one); no strategy plot."
+                f"{name or 'the local-update strategy'}: its saved state holds no round history (written by a "
+                "version that does not record one); no strategy plot."
             )
-    if not any(p.name != "training.png" for p in result.paths):
+    if not found:
         result.notes.append("no method signal found in the checkpoint (no callback or strategy of this package).")
     return result
