@@ -132,3 +132,19 @@ class ManualTiny(TinyClassifier):
         opt.zero_grad()
         self.manual_backward(loss)
         opt.step()
+
+
+class GroupProbe(pl.Callback):
+    """Records whether the default group and the strategy's subgroup exist at the end of training, and whether the
+    default group still exists in the callbacks' ``teardown`` hook (Lightning calls it after the strategy's)."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+        self.during: tuple[bool, bool] = (False, False)
+
+    def on_train_end(self, trainer, pl_module):  # type: ignore[no-untyped-def]
+        self.during = (dist.is_initialized(), getattr(trainer.strategy, "group", None) is not None)
+
+    def teardown(self, trainer, pl_module, stage):  # type: ignore[no-untyped-def]
+        seen = {"during_fit": self.during, "after_teardown": dist.is_initialized()}
+        torch.save(seen, os.path.join(self.out_dir, f"groups{trainer.global_rank}.pt"))
