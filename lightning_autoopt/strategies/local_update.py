@@ -393,8 +393,8 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
         Runs before a checkpoint is written and at the end of ``fit``, so no NaN replica is ever saved or handed
         back. The source is the evaluation policy's weights over the finite replicas (``"average"`` for
         ``eval_policy="local"``); parameters and floating buffers are replaced and the optimizer state cleared.
-        Costs one all-gather of one float per rank (counted in ``diagnostic_bytes_total``), plus the policy's
-        collective when a replica is healed.
+        Costs one all-reduce of :meth:`health_tail` (3 float64, counted in ``diagnostic_bytes_total``; it also
+        brings the world fault totals up to date), plus the policy's collective when a replica is healed.
 
         Returns:
             The number of replicas healed (the same on every rank).
@@ -407,13 +407,14 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
         swapped = self._swapped_local  # inside validation the replica waits there, the module holds the policy
         replica = swapped if swapped is not None else self.flat_state()
         finite = _flat.all_finite(replica)
-        flags = _comm.all_gather_scalar(1.0 if finite else 0.0, device=self.root_device)
-        self.diagnostic_bytes_total += 8
-        n_finite, world = int(flags.sum().item()), flags.numel()
+        self.replica_finite = finite
+        tail = self.health_tail(True, device=self.root_device)  # counts this rank's heal below in advance
+        self.diagnostic_bytes_total += _comm.all_reduce_sum_(tail)
+        n_finite = self.read_health(tail.cpu())  # raises on every rank when no replica is finite
+        self._heal_scopes = []  # buffers are part of the policy weights written below
+        world = _comm.group_size()
         if n_finite == world:
             return 0
-        if n_finite == 0:
-            raise NonFiniteReplicasError(self._all_nonfinite_message())
         source = self.policy_flat("average" if self.eval_policy == "local" else self.eval_policy)
         if not finite:
             if swapped is not None:
@@ -422,9 +423,7 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
                 self.write_state(source)
             self._reset_local_state()
             self.healed += 1
-            self._healed_reported += 1  # counted below on every rank
-        self.world_healed += world - n_finite
-        self.log_value("dist/healed", self.world_healed)
+            self.replica_finite = True
         return world - n_finite
 
     def _reset_local_state(self) -> None:

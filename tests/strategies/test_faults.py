@@ -133,8 +133,15 @@ def _heal_now(eval_policy):
     s = detached(EASGDStrategy, period=1, eval_policy=eval_policy)
     opt = _with_momentum(s)
     _poison(s, rank == 3)
+    s.nonfinite_events = rank  # not yet reported: heal_now brings the world total up to date
     healed = s.heal_now()
-    return rank, {"healed": healed, "post": s.flat_params(), "momentum": len(opt.state), "center": s.center.clone()}
+    return rank, {
+        "healed": healed,
+        "post": s.flat_params(),
+        "momentum": len(opt.state),
+        "center": s.center.clone(),
+        "totals": (s.world_healed, s.world_nonfinite_events, s.healed),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -203,6 +210,7 @@ def test_average_and_leader_policies_skip_non_finite_replicas(pool):
 def test_heal_now_uses_the_policy_weights(pool, eval_policy):
     res = run_on_pool(pool, WORLD, _heal_now, eval_policy)
     assert all(r["healed"] == 1 for r in res)
+    assert [r["totals"] for r in res] == [(1, 6, 0), (1, 6, 0), (1, 6, 0), (1, 6, 1)]
     # (a detached EASGD starts its centre from each rank's own values; in a fit it is the same everywhere)
     expected = res[3]["center"] if eval_policy == "center" else (_values(0) + _values(1) + _values(2)) / 3
     torch.testing.assert_close(res[3]["post"], expected)
