@@ -306,20 +306,24 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
         """Whether this replica can take part in a round: finite parameters, floating buffers and round-step loss."""
         return self._step_loss_finite() and _flat.all_finite(self.params) and _flat.all_finite(self.float_buffers)
 
-    def health_tail(self, world: bool, dtype: torch.dtype = torch.float64, device: Any = "cpu") -> Tensor:
+    def health_tail(
+        self, world: bool, dtype: torch.dtype = torch.float64, device: Any = "cpu", heal_follows: bool = True
+    ) -> Tensor:
         """``[finite, events, heals]`` for a round's collective: whether this replica takes part, and counters.
 
         Append it to the data a round already sends (an all-reduce buffer, an all-gathered row) and pass the sum of
         the tails over the group to :meth:`read_health`. In a world-wide collective (``world=True``) it carries this
-        rank's non-finite events and heals not yet reported (including the heal this round will perform, when the
-        replica is not finite), so every rank learns the world totals without an extra collective; group rounds
-        send zeros there. Counters are capped per round so their sum stays exact in ``dtype`` (the rest follows in
-        later rounds).
+        rank's non-finite events and heals not yet reported, so every rank learns the world totals without an extra
+        collective; group rounds send zeros there. With ``heal_follows`` (a round that heals every non-finite replica
+        once the collective shows a finite one) the heal of this non-finite replica is counted in advance; pass
+        ``False`` when the round's heals already happened. Counters are capped per round so their sum stays exact
+        in ``dtype`` (the rest follows in later rounds).
         """
         tail = torch.zeros(1 + _HEALTH_EXTRA, dtype=dtype, device=device)
         tail[0] = 1.0 if self.replica_finite else 0.0
         if world:
-            tail[1:] = torch.tensor(self._take_counters(dtype, precount=not self.replica_finite), dtype=dtype)
+            precount = heal_follows and not self.replica_finite
+            tail[1:] = torch.tensor(self._take_counters(dtype, precount=precount), dtype=dtype)
         return tail
 
     def read_health(self, summed: Tensor, group: Any = None) -> int:
@@ -362,13 +366,16 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
     def exchange_health(self) -> int:
         """A world all-reduce of :meth:`health_tail` alone (3 float64, counted): for rounds without a world collective.
 
+        Call it after the round's heals (gossip: a replica heals only when it has a usable neighbour); the finite
+        flag is then the replica's state after the round, which is non-finite everywhere only when it was before.
+
         Returns:
             The number of finite replicas.
 
         Raises:
             NonFiniteReplicasError: When no replica is finite.
         """
-        tail = self.health_tail(True, device=self.root_device)
+        tail = self.health_tail(True, device=self.root_device, heal_follows=False)
         self.count_bytes(_comm.all_reduce_sum_(tail))
         return self.read_health(tail.cpu())
 

@@ -114,6 +114,17 @@ def _group_rounds():
     return rank, {"group": after_group, "global": s.flat_params(), "healed": s.healed, "world": s.world_healed}
 
 
+def _gossip_without_a_usable_neighbour():
+    """Ring of 4, one matching per round: round 0 pairs (0, 1) and (2, 3); ranks 0 and 1 are both NaN."""
+    rank = dist.get_rank()
+    s = detached(DPSGDStrategy, graph="ring", activation="alternate")
+    _poison(s, rank < 2)
+    s.run_round(1)
+    first = (s.flat_params(), s.healed, s.world_healed)
+    s.run_round(2)  # round 1 pairs (1, 2) and (0, 3): both NaN ranks have a finite neighbour now
+    return rank, {"first": first, "second": (s.flat_params(), s.healed, s.world_healed)}
+
+
 def _policies_over_finite(bad_ranks, leader):
     rank = dist.get_rank()
     s = detached(LSGDStrategy, period=1)
@@ -193,6 +204,17 @@ def test_group_without_a_finite_replica_waits_for_the_global_round(pool):
         torch.testing.assert_close(r["global"], (_values(2) + _values(3)) / 2)
         assert r["world"] == 2  # both heals counted once, in the global round
     assert [r["healed"] for r in res] == [1, 1, 0, 0]
+
+
+def test_gossip_replica_without_a_usable_neighbour_waits_and_is_not_counted(pool):
+    res = run_on_pool(pool, WORLD, _gossip_without_a_usable_neighbour)
+    for rank, r in enumerate(res):
+        flat, healed, world_healed = r["first"]
+        assert bool(torch.isfinite(flat).all()) == (rank >= 2)
+        assert healed == 0 and world_healed == 0  # nobody healed in round 0: nothing counted
+        flat, healed, world_healed = r["second"]
+        assert torch.isfinite(flat).all()
+        assert healed == (1 if rank < 2 else 0) and world_healed == 2
 
 
 # ----------------------------------------------------------------------------- policies and heal_now
