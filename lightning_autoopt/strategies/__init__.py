@@ -16,7 +16,7 @@ from lightning_autoopt.strategies.dpsgd import DPSGDStrategy
 from lightning_autoopt.strategies.easgd import EASGDStrategy
 from lightning_autoopt.strategies.grawa import GRAWAStrategy, LGRAWAStrategy
 from lightning_autoopt.strategies.local_sgd import LocalSGDStrategy
-from lightning_autoopt.strategies.local_update import LocalUpdateStrategy
+from lightning_autoopt.strategies.local_update import LocalUpdateStrategy, NonFiniteReplicasError
 from lightning_autoopt.strategies.lsgd import LSGDStrategy
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "LSGDStrategy",
     "LocalSGDStrategy",
     "LocalUpdateStrategy",
+    "NonFiniteReplicasError",
     "PolicyWeightsMixin",
     "check_group_size",
     "check_period",

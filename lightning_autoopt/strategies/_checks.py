@@ -104,3 +104,48 @@ def check_number(
         left, right = "(" if low_open else "[", ")" if high_open or high == math.inf else "]"
         raise ValueError(f"`{name}` must be a finite number in {left}{low}, {high}{right}, got {value!r}.")
     return float(value)
+
+
+_DDP_STRATEGY_ONLY = ("ddp_comm_state", "ddp_comm_hook", "ddp_comm_wrapper", "model_averaging_period")
+
+
+def _ddp_option_names() -> set[str]:
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    names = set(inspect.signature(DistributedDataParallel.__init__).parameters) - {"self", "module"}
+    return names | set(_DDP_STRATEGY_ONLY)
+
+
+def check_no_ddp_options(owner: str, options: dict[str, Any]) -> None:
+    """Refuse keyword arguments a local-update strategy would silently ignore.
+
+    ``DDPStrategy`` forwards unknown keywords to ``DistributedDataParallel``; a local-update strategy never wraps the
+    model in DDP, so ``find_unused_parameters``, ``static_graph``, ``bucket_cap_mb``, ``ddp_comm_hook``, ... would have
+    no effect.
+
+    Args:
+        owner: The strategy's class name, for the message.
+        options: The extra keyword arguments it received.
+
+    Raises:
+        ValueError: Naming every such option (DDP options and unknown names are told apart).
+    """
+    if not options:
+        return
+    ddp = _ddp_option_names()
+    known = sorted(k for k in options if k in ddp)
+    unknown = sorted(k for k in options if k not in ddp)
+    parts = []
+    if known:
+        listed = ", ".join(f"`{k}`" for k in known)
+        parts.append(
+            f"{listed} configure{'s' if len(known) == 1 else ''} DDP's gradient all-reduce, which {owner} does not use "
+            "(the model is not wrapped in DistributedDataParallel): remove "
+            f"{'it' if len(known) == 1 else 'them'}"
+        )
+    if unknown:
+        listed = ", ".join(f"`{k}`" for k in unknown)
+        parts.append(f"{owner} has no argument {listed}: check the spelling against its documented arguments")
+    raise ValueError("; ".join(parts) + ".")

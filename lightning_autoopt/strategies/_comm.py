@@ -13,8 +13,10 @@ directly comparable.
 
 from __future__ import annotations
 
+import atexit
 import math
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -51,6 +53,48 @@ def all_reduce_sum_(flat: Tensor, group: Any = None) -> int:
     """Sum ``flat`` over the ranks of ``group`` in place with one all-reduce. Returns the bytes sent."""
     dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
     return nbytes(flat)
+
+
+def group_size(group: Any = None) -> int:
+    """Number of ranks in ``group`` (default: the world)."""
+    return dist.get_world_size(group)
+
+
+def masked_all_reduce(
+    flat: Tensor, include: bool, extra: Sequence[float] = (), group: Any = None
+) -> tuple[Tensor, int, Tensor, int]:
+    """Sum ``flat`` over the ranks of ``group`` that ``include`` it, with one all-reduce; count them on the way.
+
+    An excluded rank contributes **zeros**, written into the buffer, never ``0 * flat``: a NaN replica times 0 is
+    still NaN. One element (1 for an included rank) and the ``extra`` values (summed over every rank, included or
+    not: counters that travel with the data) are appended to the same buffer, so the count costs no extra latency.
+    Counts are exact while they stay below ``2 / eps`` of the buffer's dtype (256 for bfloat16, 2**24 for float32).
+
+    Args:
+        flat: This rank's 1-D buffer (not modified).
+        include: Whether this rank's ``flat`` takes part in the sum.
+        extra: Values summed over every rank of the group, in the buffer's dtype.
+        group: Process group (default: the world).
+
+    Returns:
+        ``(sum, count, extra_sum, bytes)``: a new tensor with the sum of the included buffers, the number of included
+        ranks, the summed ``extra`` values and the bytes this rank sent.
+
+    Example::
+
+        summed, count, _, sent = masked_all_reduce(flat, include=_flat.all_finite(flat))
+        mean = summed / count if count else None  # the mean of the finite replicas
+    """
+    n = flat.numel()
+    buf = torch.zeros(n + 1 + len(extra), dtype=flat.dtype, device=flat.device)
+    if include:
+        buf[:n].copy_(flat)
+        buf[n] = 1.0
+    if extra:
+        buf[n + 1 :] = torch.tensor([float(v) for v in extra], dtype=flat.dtype)
+    sent = all_reduce_sum_(buf, group=group)
+    tail = buf[n:].to("cpu", torch.float64)
+    return buf[:n], int(round(float(tail[0]))), tail[1:], sent
 
 
 def all_reduce_mean_(flat: Tensor, group: Any = None) -> int:
@@ -133,14 +177,20 @@ def elastic_update_(flat: Tensor, center: Tensor, mean: Tensor, alpha: float, be
     center.mul_(1.0 - beta).add_(mean, alpha=beta)
 
 
-def consensus_distance(flat: Tensor, mean: Tensor, group: Any = None) -> tuple[float, int]:
+def consensus_distance(flat: Tensor, mean: Tensor, group: Any = None, include: bool = True) -> tuple[float, int]:
     """Root-mean-square distance of the replicas to their mean, ``sqrt(mean_i ||x_i - mean||^2)``.
 
-    ``mean`` must already be the group mean of ``flat``. Costs one scalar all-reduce; returns ``(distance, bytes)``.
+    ``mean`` must already be the mean of the included replicas of the group. Ranks with ``include=False`` (a
+    non-finite replica) are left out of the sum and the count; NaN when no rank is included. Costs one all-reduce of
+    two float64 values; returns ``(distance, bytes)``.
     """
-    sq = torch.sum((flat.double() - mean.double()) ** 2).reshape(1)
-    dist.all_reduce(sq, op=dist.ReduceOp.SUM, group=group)
-    return math.sqrt(float(sq.item()) / dist.get_world_size(group)), nbytes(sq)
+    buf = torch.zeros(2, dtype=torch.float64, device=flat.device)
+    if include:
+        buf[0] = torch.sum((flat.double() - mean.double()) ** 2)
+        buf[1] = 1.0
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=group)
+    sq, count = (float(v) for v in buf.tolist())
+    return (math.sqrt(sq / count) if count > 0 else math.nan), nbytes(buf)
 
 
 def contiguous_groups(world_size: int, group_size: int) -> list[list[int]]:
@@ -165,7 +215,7 @@ def new_groups(world_size: int, group_size: int) -> tuple[Any, list[int]]:
     layout = contiguous_groups(world_size, group_size)
     rank = dist.get_rank()
     if len(layout) == 1:
-        return None, layout[0]
+        return None, layout[0]  # nothing to destroy later: the default group is not the caller's
     mine: Any = None
     my_ranks: list[int] = []
     for ranks in layout:  # every rank calls new_group for every group, in the same order
@@ -206,3 +256,86 @@ def exchange_with_neighbours(buffer: Tensor, neighbours: Sequence[int], group: A
     for req in dist.batch_isend_irecv(ops):
         req.wait()
     return received
+
+
+def destroy_group(group: Any) -> None:
+    """Destroy a subgroup made by :func:`new_groups` (a local operation); already-destroyed groups are ignored."""
+    if group is None or not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        dist.destroy_process_group(group)
+    except ValueError:  # destroyed with the world group already
+        pass
+
+
+def bounded_barrier(timeout_s: float) -> bool:
+    """A barrier that gives up after ``timeout_s`` seconds (or when a peer has closed its connections).
+
+    Returns:
+        ``True`` when every rank arrived in time, ``False`` otherwise (never raises).
+    """
+    try:
+        work = dist.barrier(async_op=True)
+        assert work is not None
+        work.wait(timeout=timedelta(seconds=timeout_s))
+    except Exception:  # noqa: BLE001  (timeout, closed connection, aborted group: all mean "do not wait")
+        return False
+    return True
+
+
+# The default process group of this process, when a local-update strategy created it (see `own_default_group`).
+_OWNED: dict[str, Any] = {"owned": False, "clean": False, "timeout_s": 30.0, "hooked": False}
+
+
+def own_default_group(barrier_timeout_s: float) -> None:
+    """Record that the caller created the default process group of this process and must destroy it.
+
+    Registers (once per process) an exit hook that destroys the group if it is still open when the interpreter
+    exits: with the ``popen`` launcher or ``torchrun`` the group is kept after ``fit`` (a ``test`` in the same process
+    reuses it), and a spawned worker that dies on an exception never reaches ``teardown``. An open gloo group at
+    interpreter exit is what aborts a process with "terminate called without an active exception".
+    """
+    _OWNED.update(owned=True, clean=False, timeout_s=float(barrier_timeout_s))
+    if not _OWNED["hooked"]:
+        atexit.register(_release_at_exit)
+        _OWNED["hooked"] = True
+
+
+def starting_stage() -> None:
+    """A fit/validate/test is running on the owned group: an exit before :func:`stage_finished` is not clean."""
+    _OWNED["clean"] = False
+
+
+def stage_finished() -> None:
+    """The stage ended without an exception: an exit hook may wait for the other ranks before destroying."""
+    _OWNED["clean"] = True
+
+
+def owns_default_group() -> bool:
+    """Whether a local-update strategy created the default group of this process and has not destroyed it."""
+    return bool(_OWNED["owned"]) and dist.is_available() and dist.is_initialized()
+
+
+def release_default_group(barrier: bool) -> bool:
+    """Destroy the default group (and with it every subgroup) if a local-update strategy created it.
+
+    Args:
+        barrier: Wait first (at most the recorded timeout) for every rank to arrive, so no peer is still inside a
+            collective with this rank. Pass ``False`` after an exception: the other ranks may never arrive, and
+            closing the connections makes their pending collectives fail at once instead of hanging.
+
+    Returns:
+        Whether a group was destroyed.
+    """
+    if not owns_default_group():
+        _OWNED["owned"] = False
+        return False
+    _OWNED["owned"] = False
+    if barrier:
+        bounded_barrier(_OWNED["timeout_s"])
+    dist.destroy_process_group()
+    return True
+
+
+def _release_at_exit() -> None:
+    release_default_group(barrier=bool(_OWNED["clean"]))

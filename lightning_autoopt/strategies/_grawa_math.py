@@ -14,18 +14,22 @@ from collections.abc import Sequence
 import torch
 
 
-def grawa_weights(norms: torch.Tensor, exponent: float = 1.0, eps: float = 1e-8) -> torch.Tensor:
+def grawa_weights(
+    norms: torch.Tensor, exponent: float = 1.0, eps: float = 1e-8, include: torch.Tensor | None = None
+) -> torch.Tensor:
     """Normalised inverse-gradient-norm weights across workers.
 
     Computed as ``r_m = ((n_min + eps) / (n_m + eps))^q`` and ``w_m = r_m / sum_k r_k`` in float64, which equals
     the formula above but makes equal norms give ``r_m = 1`` and therefore weights of *exactly* ``1/M`` (plain
-    averaging). A non-finite norm gets weight 0 (a diverged worker never attracts the others); if every norm in a
-    column is non-finite the weights fall back to ``1/M``.
+    averaging). A non-finite norm gets weight 0 (a diverged worker never attracts the others); so does a worker
+    left out by ``include`` (a non-finite replica). If no included worker has a finite norm in a column, the
+    weights fall back to uniform over the included workers (``1/M`` when all are).
 
     Args:
         norms: shape ``(M,)`` (model level) or ``(M, L)`` (one column per layer).
         exponent: ``q`` (1 = "inversely proportional", the reading of the paper abstract; 2 is the other reading).
         eps: guard added to every norm (a zero-gradient worker would otherwise get an infinite weight).
+        include: boolean ``(M,)``: which workers may get weight (default: all). At least one must be included.
 
     Returns:
         float64 weights of the same shape whose columns sum to 1.
@@ -34,16 +38,21 @@ def grawa_weights(norms: torch.Tensor, exponent: float = 1.0, eps: float = 1e-8)
 
         >>> grawa_weights(torch.tensor([1.0, 1.0, 1.0, 1.0])).tolist()
         [0.25, 0.25, 0.25, 0.25]
+        >>> grawa_weights(torch.tensor([1.0, 1.0, 1.0, 1.0]), include=torch.tensor([True, False, True, True])).tolist()
+        [0.3333333333333333, 0.0, 0.3333333333333333, 0.3333333333333333]
         >>> grawa_weights(torch.tensor([1.0, 3.0]), eps=0.0).tolist()
         [0.75, 0.25]
     """
     n = norms.detach().to(torch.float64)
-    finite = torch.isfinite(n)
+    member = torch.ones(n.shape[0], dtype=torch.bool) if include is None else include.detach().cpu().to(torch.bool)
+    member = member.reshape(-1, *([1] * (n.dim() - 1))).to(n.device).expand_as(n)
+    finite = torch.isfinite(n) & member
     n = torch.where(finite, n + eps, torch.ones_like(n))
     ref = torch.where(finite, n, torch.full_like(n, math.inf)).amin(dim=0, keepdim=True)
     ratio = torch.where(finite, (ref / n).pow(exponent), torch.zeros_like(n))
     total = ratio.sum(dim=0, keepdim=True)
-    uniform = torch.full_like(n, 1.0 / n.shape[0])
+    members = member.to(torch.float64)
+    uniform = members / members.sum(dim=0, keepdim=True)
     out = torch.where(total > 0, ratio / torch.where(total > 0, total, torch.ones_like(total)), uniform)
     return out
 

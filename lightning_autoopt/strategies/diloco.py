@@ -13,8 +13,6 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from lightning_autoopt import _flat
-from lightning_autoopt.strategies import _comm
 from lightning_autoopt.strategies._checks import check_period
 from lightning_autoopt.strategies._registry import register_strategy
 from lightning_autoopt.strategies.local_update import LocalUpdateStrategy
@@ -55,7 +53,8 @@ class DiLoCoStrategy(LocalUpdateStrategy):
 
     ``outer_lr=1, outer_momentum=0`` is exactly local SGD (``theta`` becomes the mean). ``theta`` and the momentum
     buffer are computed from all-reduced values only, so they are identical on every rank without a broadcast;
-    both are saved in checkpoints and restored on resume.
+    both are saved in checkpoints and restored on resume. The mean is over the finite replicas only: a non-finite
+    replica adds nothing to the pseudo-gradient and restarts from ``theta`` with its inner optimizer state cleared.
 
     Logged per round: ``diloco/pseudo_grad_norm`` (``||delta||``), ``diloco/outer_step_norm`` (``||theta_old -
     theta_new||``), ``diloco/momentum_norm`` and the base's byte counters; all computed locally, no extra
@@ -135,15 +134,18 @@ class DiLoCoStrategy(LocalUpdateStrategy):
     def on_round(self, step: int) -> None:
         assert self.global_params is not None and self.momentum_buffer is not None
         flat = self.flat_params()
-        mean = flat.clone()
-        self.count_bytes(_comm.all_reduce_mean_(mean))
+        mean = self.masked_mean(flat)  # of the finite replicas; raises on every rank when there is none
+        assert mean is not None
         if self.consensus_due():
             self.log_consensus(flat, mean)
         pseudo_grad = self.global_params - mean
         step_vec = outer_nesterov_step_(
             self.global_params, self.momentum_buffer, pseudo_grad, self.outer_lr, self.outer_momentum, self.nesterov
         )
-        self.write_params(self.global_params)
+        if self.replica_finite:
+            self.write_params(self.global_params)
+        else:  # every replica restarts from theta anyway; a healed one also loses its inner optimizer state
+            self.heal_(self.global_params)
         self.average_buffers()
         self.log_value("diloco/pseudo_grad_norm", float(pseudo_grad.norm()))
         self.log_value("diloco/outer_step_norm", float(step_vec.norm()))
@@ -152,10 +154,7 @@ class DiLoCoStrategy(LocalUpdateStrategy):
     def policy_flat(self, policy: str) -> Tensor:
         if policy != "global" or self.global_params is None:  # no global weights outside fit: the average
             return super().policy_flat("average" if policy == "global" else policy)
-        buffers = _flat.flatten(self.float_buffers).to(self.global_params.device)
-        if buffers.numel():
-            _comm.all_reduce_mean_(buffers)
-        return torch.cat([self.global_params, buffers])
+        return torch.cat([self.global_params, self.finite_buffer_mean().to(self.global_params.device)])
 
     def extra_state_dict(self) -> dict[str, Any]:
         return {"global_params": self.global_params, "momentum_buffer": self.momentum_buffer}

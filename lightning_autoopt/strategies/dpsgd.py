@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor
 from typing_extensions import override
 
@@ -54,8 +55,14 @@ class DPSGDStrategy(LocalUpdateStrategy):
     A round mixes ``x_i <- (1 - d_i * alpha) * x_i + alpha * sum_{j in N_i} x_j`` over the ``d_i`` neighbours of
     the round's active matchings (``W = I - alpha * L``, doubly stochastic, so the average of all workers is
     preserved). Neighbours exchange flat buffers point to point (``batch_isend_irecv``); since the active edges are
-    a union of matchings the exchange cannot deadlock. There is no global collective in a round (except the
-    optional diagnostic ``dist/consensus_distance``).
+    a union of matchings the exchange cannot deadlock. The only global collectives in a round are a 3-float health
+    all-reduce (24 bytes, counted: the stop when no replica is finite, and the world fault counters) and the
+    optional diagnostic ``dist/consensus_distance``.
+
+    Each message ends with the sender's health flag; a receiver mixes only neighbours whose flag is set and whose
+    buffer is finite (the weights of the others are left on itself, so ``W`` stays row-stochastic). A non-finite
+    replica instead takes the average of its usable neighbours (optimizer state cleared); with none this round it
+    waits for a later one.
 
     Graphs (see :mod:`lightning_autoopt.strategies.graphs`): a named graph (``"ring"``, ``"random_ring"``,
     ``"complete"``, ``"erdos_renyi"``, ``"matcha8_a"``, ``"matcha8_b"``) or an edge list; it must span exactly
@@ -83,7 +90,7 @@ class DPSGDStrategy(LocalUpdateStrategy):
 
     Raises:
         ValueError: For an unknown graph name, a malformed edge list, an unknown activation, a budget outside
-            (0, 1] or a period < 1; at setup, for a graph whose size differs from the world size.
+            (0, 1] or a period < 1; when the Trainer is built, for a graph that does not fit the world size.
 
     Example::
 
@@ -168,15 +175,41 @@ class DPSGDStrategy(LocalUpdateStrategy):
 
         tensors = self.gossip_tensors()
         flat = _flat.flatten(tensors)
-        payload = self.make_payload(flat)
+        n = flat.numel()
+        finite = self.replica_finite
+        # the sender's health travels as the last element: a finite-looking buffer from a rank whose loss was
+        # NaN is refused too
+        payload = torch.cat([self.make_payload(flat), flat.new_tensor([1.0 if finite else 0.0])])
         received = _comm.exchange_with_neighbours(payload, neighbours)
         self.count_bytes(len(neighbours) * _comm.nbytes(payload))
+        usable = {
+            j: buf[:-1] for j, buf in zip(neighbours, received) if float(buf[-1]) > 0.5 and _flat.all_finite(buf[:n])
+        }
         if self.consensus_due():
             self.log_consensus(self.flat_params())
-        new = self.mix(flat, dict(zip(neighbours, received)), graph, active, alpha)
-        _flat.unflatten_(new, tensors)
+        if finite:
+            _flat.unflatten_(self.mix(flat, usable, graph, active, alpha), tensors)
+        elif usable:  # heal from the finite neighbours' average
+            source = torch.zeros_like(flat)
+            for j in sorted(usable):
+                source.add_(usable[j][:n])
+            self.heal_(source.div_(len(usable)), tensors)
+        # no world collective otherwise: one 3-float all-reduce gives the all-non-finite stop and the world counters
+        self.exchange_health()
         self.log_value("dist/degree", len(neighbours))
         self.log_value("dist/graph", graph_index)
+
+    @override
+    def validate_world_size(self, world_size: int) -> None:
+        """Build the graphs for ``world_size`` now, so a graph that does not fit fails before any worker starts."""
+        specs = (("graph", self.graph, self.graph_seed), ("dynamic_graph", self.dynamic_graph, self.graph_seed + 1))
+        for name, spec, seed in specs:
+            if spec is None:
+                continue
+            try:
+                check_world_size(build_graph(spec, world_size, self.edge_prob, seed), world_size)
+            except ValueError as err:
+                raise ValueError(f"`{name}`={spec!r} cannot run on devices*num_nodes={world_size}: {err}") from None
 
 
 register_strategy(DPSGDStrategy)

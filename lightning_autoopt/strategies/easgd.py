@@ -12,7 +12,6 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from lightning_autoopt import _flat
 from lightning_autoopt.strategies import _comm
 from lightning_autoopt.strategies._checks import check_period, check_strength
 from lightning_autoopt.strategies._registry import register_strategy
@@ -30,6 +29,7 @@ class EASGDStrategy(LocalUpdateStrategy):
 
     Every rank holds the same center (it is computed from all-reduced values only), so no extra broadcast is needed.
     The center starts at the broadcast initial weights and is saved in checkpoints (each rank's strategy state).
+    A non-finite replica is left out of the mean and restarts from the updated center (optimizer state cleared).
 
     Args:
         period: Optimizer steps between rounds.
@@ -78,22 +78,23 @@ class EASGDStrategy(LocalUpdateStrategy):
     def on_round(self, step: int) -> None:
         assert self.center is not None
         flat = self.flat_params()
-        mean = flat.clone()
-        self.count_bytes(_comm.all_reduce_mean_(mean))
+        mean = self.masked_mean(flat)  # of the finite replicas; raises on every rank when there is none
+        assert mean is not None
         if self.consensus_due():
             self.log_consensus(flat, mean)
         alpha = self.elastic_strength / self.world_size
-        _comm.elastic_update_(flat, self.center, mean, alpha, self.elastic_strength)
-        self.write_params(flat)
+        if self.replica_finite:
+            _comm.elastic_update_(flat, self.center, mean, alpha, self.elastic_strength)
+            self.write_params(flat)
+        else:  # the same centre update as everywhere, then this replica restarts from the new centre
+            self.center.mul_(1.0 - self.elastic_strength).add_(mean, alpha=self.elastic_strength)
+            self.heal_(self.center)
         self.average_buffers()
 
     def policy_flat(self, policy: str) -> Tensor:
         if policy != "center" or self.center is None:  # no center outside fit: fall back to the average
             return super().policy_flat("average" if policy == "center" else policy)
-        buffers = _flat.flatten(self.float_buffers).to(self.center.device)
-        if buffers.numel():
-            _comm.all_reduce_mean_(buffers)
-        return torch.cat([self.center, buffers])
+        return torch.cat([self.center, self.finite_buffer_mean().to(self.center.device)])
 
     def extra_state_dict(self) -> dict[str, Any]:
         return {"center": self.center}

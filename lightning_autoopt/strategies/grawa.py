@@ -42,8 +42,11 @@ class GRAWAStrategy(LocalUpdateStrategy):
     ``dist/nonfinite_events``); a worker with no finite norm in a period gets weight 0 in that round.
 
     Communication per round: one all-gather of the tiny norm vector (1 float64 per rank for MGRAWA, one per
-    parameter tensor for LGRAWA) and one flat all-reduce of the weighted parameters. Synchronous periodic rounds
-    replace the paper's asynchronous variants.
+    parameter tensor for LGRAWA, plus 3 for the rank's health: finite flag and fault counters) and one flat
+    all-reduce of the weighted parameters. Synchronous periodic rounds replace the paper's asynchronous variants.
+
+    A non-finite replica (see :class:`LocalUpdateStrategy`) gets weight 0, contributes zeros to the centre (not
+    ``0 * x``: NaN x 0 is NaN), and is replaced by the centre with its optimizer state cleared.
 
     Logged per round: ``dist/grad_norm`` (this rank's statistic, model level), ``dist/grawa_weight`` (this rank's
     weight; mean over layers for LGRAWA), ``dist/grawa_weight_max``, ``dist/consensus_distance`` and the base's
@@ -158,19 +161,30 @@ class GRAWAStrategy(LocalUpdateStrategy):
 
     @override
     def on_round(self, step: int) -> None:
-        mine = self.statistic_norms().to(self.root_device)
-        gathered, sent = _comm.all_gather_(mine)
+        mine = self.statistic_norms()
+        width = mine.numel()
+        # one all-gather: every rank's norm statistic plus its health (finite flag, fault counters)
+        row = torch.cat([mine, self.health_tail(True)]).to(self.root_device)
+        gathered, sent = _comm.all_gather_(row)
         self.count_bytes(sent)
-        weights = grawa_weights(gathered, exponent=self.exponent, eps=self.eps)
+        self.read_health(gathered[:, width:].sum(dim=0))  # raises on every rank when no replica is finite
+        included = gathered[:, width] > 0.5
+        weights = grawa_weights(gathered[:, :width], exponent=self.exponent, eps=self.eps, include=included)
         my_weights = weights[self.global_rank]
 
         flat = self.flat_params()
-        sizes = [p.numel() for p in self.params]
-        center = weighted_term(flat, my_weights, sizes=sizes if self.level == "layer" else None)
+        if self.replica_finite:
+            sizes = [p.numel() for p in self.params]
+            center = weighted_term(flat, my_weights, sizes=sizes if self.level == "layer" else None)
+        else:  # contribute zeros: weight 0 times a NaN replica would still be NaN
+            center = torch.zeros_like(flat)
         self.count_bytes(_comm.all_reduce_sum_(center))
         if self.consensus_due():
             self.log_consensus(flat)
-        self.write_params(_comm.leader_pull_(flat, center, self.pull_strength))
+        if self.replica_finite:
+            self.write_params(_comm.leader_pull_(flat, center, self.pull_strength))
+        else:
+            self.heal_(center)
         self.average_buffers()
 
         model_stat = mine if self.level == "model" else model_norm(mine)

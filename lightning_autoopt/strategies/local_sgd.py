@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning_autoopt.strategies import _comm
 from lightning_autoopt.strategies._checks import check_group_size, check_period
 from lightning_autoopt.strategies._registry import register_strategy
 from lightning_autoopt.strategies.local_update import LocalUpdateStrategy
@@ -19,7 +18,8 @@ class LocalSGDStrategy(LocalUpdateStrategy):
 
     Hierarchical mode: with ``local_period`` and more than one group (``group_size``, default one group per node),
     replicas are also averaged inside their group every ``local_period`` steps. Unlike Lightning's built-in
-    post-local SGD this works on CPU/gloo (no gradient all-reduce at all), and its counters survive resume.
+    post-local SGD this works on CPU/gloo (no gradient all-reduce at all), and its counters survive resume. The
+    average is over the finite replicas only; a non-finite one takes it (optimizer state cleared).
 
     Args:
         period: Optimizer steps between global averages. A huge value gives the "no communication" baseline.
@@ -71,12 +71,19 @@ class LocalSGDStrategy(LocalUpdateStrategy):
 
     def _average(self, group: Any, consensus: bool) -> None:
         flat = self.flat_params()
-        mean = flat.clone()
-        self.count_bytes(_comm.all_reduce_mean_(mean, group=group))
+        mean = self.masked_mean(flat, group)  # of the finite replicas
+        if mean is None:  # a group with no finite replica: the next global round heals it
+            return
         if consensus:
             self.log_consensus(flat, mean)
-        self.write_params(mean)
+        if self.replica_finite:
+            self.write_params(mean)
+        else:
+            self.heal_(mean)
         self.average_buffers(group)
+
+    def validate_world_size(self, world_size: int) -> None:
+        self.validate_group_size(self.group_size, world_size)
 
 
 register_strategy(LocalSGDStrategy)

@@ -39,22 +39,34 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
+from typing import Any, ClassVar, Literal
 
+import torch
+import torch.distributed as dist
+from lightning.fabric.plugins import CheckpointIO, ClusterEnvironment
+from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
+from lightning.pytorch.accelerators import Accelerator
+from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from torch import Tensor
 from torch.optim import Optimizer
 from typing_extensions import override
 
 from lightning_autoopt import _flat
 from lightning_autoopt.strategies import _comm
-from lightning_autoopt.strategies._checks import check_choice, check_count
+from lightning_autoopt.strategies._checks import check_choice, check_count, check_no_ddp_options
 from lightning_autoopt.strategies._elastic import setup_restarted_process_group, torchrun_restart_attempt
 from lightning_autoopt.strategies._policy import PolicyWeightsMixin, to_cpu
 
 _BUFFER_POLICIES = ("local", "average")
-_DDP_ONLY = ("ddp_comm_hook", "ddp_comm_state", "model_averaging_period")
+_HEALTH_EXTRA = 2  # counters that travel with a round's world collective: non-finite events, heals
+
+
+class NonFiniteReplicasError(RuntimeError):
+    """Every replica is non-finite: nothing is left to heal from. Raised on every rank in the same round."""
 
 
 class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
@@ -62,25 +74,43 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
 
     * The model is **not** wrapped in ``DistributedDataParallel``: no gradient all-reduce. Rank 0's initial
       parameters and buffers are broadcast once at the start of fitting (not on resume, where each rank reloads its
-      own replica).
+      own replica). DDP's own options (``find_unused_parameters``, ``bucket_cap_mb``, ``ddp_comm_hook``, ...) would
+      have no effect and are refused.
     * Rounds are counted in optimizer steps. :meth:`optimizer_step` runs the local step, then
-      :meth:`on_local_step`, then :meth:`on_round` when :meth:`round_due` says so. Lightning calls it once per real
-      optimizer step under both automatic and manual optimization (not on accumulation micro-batches).
+      :meth:`on_local_step`, then :meth:`run_round` (which calls :meth:`on_round`) when :meth:`round_due` says so.
+      Lightning calls it once per real optimizer step under both automatic and manual optimization (not on
+      accumulation micro-batches).
     * The training loss of the step is read from the optimizer closure's return value (automatic optimization:
       the closure returns ``training_step``'s loss, divided by ``accumulate_grad_batches``, which is undone here);
       under manual optimization the closure returns nothing, so :meth:`step_loss` falls back to
       ``trainer.callback_metrics[loss_key]`` (log the loss with ``self.log(loss_key, loss)`` *before*
       ``opt.step()``). :meth:`record_step_loss` keeps the last few losses in :attr:`recent_losses`.
-    * A NaN/inf loss or gradient never drives a decision; :meth:`note_nonfinite` counts it
-      (``nonfinite_events``, logged as ``dist/nonfinite_events``).
+    * **Non-finite isolation**: a NaN/inf loss or gradient never drives a decision and is counted in
+      ``nonfinite_events``. At every round a replica whose parameters, floating buffers or round-step loss are not
+      finite (:attr:`replica_finite` is ``False``) contributes nothing to any average, centre, pull or gossip (its
+      contribution is replaced by zeros, never multiplied by 0: NaN x 0 is NaN), is never the leader, and is
+      **healed** (:meth:`heal_`) from what the finite replicas produced (the mean, the centre, the leader, the
+      neighbours' average, DiLoCo's global weights), with its optimizer state cleared. The count of finite
+      replicas and the counters travel in the round's own world collective (:meth:`masked_mean`,
+      :meth:`health_tail`), so every rank takes the same decision; when no replica is finite every rank raises
+      :class:`NonFiniteReplicasError` in the same round. Checkpoints and the end of fit heal first
+      (:meth:`heal_now`), so a saved replica is never NaN, and the evaluation policies ignore non-finite replicas.
+      ``dist/nonfinite_events`` and ``dist/healed`` are world totals, logged identically by every rank.
     * Worker groups (:meth:`setup_groups`): contiguous blocks of ranks, by default one per node, for methods with
       group rounds (LSGD's local leaders, hierarchical local SGD).
     * Evaluation policy and checkpoints: see :class:`~lightning_autoopt.strategies._policy.PolicyWeightsMixin`
       (``eval_policy``, :meth:`policy_weights`, every rank's replica in the checkpoint under ``CHECKPOINT_KEY``).
+    * Impossible configurations (world size 1, a ``group_size`` or graph that does not fit) fail when the
+      ``Trainer`` is built, in the launching process, before any worker starts (:meth:`validate_world_size`).
+    * Shutdown: the process groups the strategy creates are destroyed again: its subgroups at every ``teardown``;
+      the default group at ``teardown`` under the ``spawn``/``fork`` launchers (after a barrier bounded by
+      :attr:`shutdown_timeout_s`; without one after an exception), otherwise (``popen``, ``torchrun``: a ``test``
+      may follow ``fit`` in the same process) at interpreter exit.
 
     Logged signals (per round, through ``pl_module.log``): ``dist/bytes_sent`` (bytes this rank sent in the round,
     see :mod:`lightning_autoopt.strategies._comm` for the convention), ``dist/bytes_sent_total``, ``dist/rounds``,
-    ``dist/consensus_distance`` (when computed), plus the subclass's own (``dist/leader``, ...).
+    ``dist/consensus_distance`` (when computed), ``dist/nonfinite_events``, ``dist/healed``, plus the subclass's own
+    (``dist/leader``, ...).
 
     Args:
         buffer_policy: ``"local"`` keeps each rank's buffers (BatchNorm statistics) as they are; ``"average"``
@@ -92,15 +122,25 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
             counted in ``dist/diagnostic_bytes_total``, not in ``dist/bytes_sent``.
         loss_key: Metric name read from ``trainer.callback_metrics`` when the closure returns no loss (manual
             optimization).
-        **kwargs: Forwarded to :class:`~lightning.pytorch.strategies.DDPStrategy` (``start_method``,
-            ``process_group_backend``, ``timeout``, ...).
+        accelerator: See :class:`~lightning.pytorch.strategies.DDPStrategy` (normally set by the ``Trainer``).
+        parallel_devices: See ``DDPStrategy`` (normally set by the ``Trainer``).
+        cluster_environment: See ``DDPStrategy`` (e.g. a ``SLURMEnvironment``; detected by default).
+        checkpoint_io: See ``DDPStrategy``.
+        precision_plugin: See ``DDPStrategy`` (normally set by the ``Trainer``).
+        process_group_backend: ``"gloo"`` or ``"nccl"``; default: by device.
+        timeout: Timeout of every collective (``torch.distributed`` default: 30 minutes).
+        start_method: ``"popen"`` (default), ``"spawn"``, ``"fork"`` or ``"forkserver"``.
+        **ddp_options: Refused: every other ``DDPStrategy`` / ``DistributedDataParallel`` option configures the
+            gradient all-reduce these strategies do not use.
 
     Raises:
-        ValueError: On an unknown policy, a negative ``consensus_every``, a DDP-only option or (when the Trainer is
-            built) a world size below 2.
+        ValueError: On an unknown policy, a negative ``consensus_every``, a DDP-only or unknown option or (when the
+            Trainer is built) a world size below 2 or a layout the method cannot run on.
     """
 
     strategy_name: ClassVar[str] = ""
+    shutdown_timeout_s: ClassVar[float] = 30.0
+    """Longest wait for the other ranks before the default process group is destroyed after a clean stage."""
 
     def __init__(
         self,
@@ -108,14 +148,30 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
         eval_policy: str = "average",
         consensus_every: int = 1,
         loss_key: str = "train_loss",
-        **kwargs: Any,
+        accelerator: Accelerator | None = None,
+        parallel_devices: list[torch.device] | None = None,
+        cluster_environment: ClusterEnvironment | None = None,
+        checkpoint_io: CheckpointIO | None = None,
+        precision_plugin: Precision | None = None,
+        process_group_backend: str | None = None,
+        timeout: timedelta | None = default_pg_timeout,
+        start_method: Literal["popen", "spawn", "fork", "forkserver"] = "popen",
+        **ddp_options: Any,
     ) -> None:
+        check_no_ddp_options(type(self).__name__, ddp_options)
         check_choice("buffer_policy", buffer_policy, _BUFFER_POLICIES)
         check_count("consensus_every", consensus_every, 0, "0 disables")
-        for bad in _DDP_ONLY:
-            if kwargs.get(bad) is not None:
-                raise ValueError(f"`{bad}` is a DDP option and has no effect here; remove it.")
-        super().__init__(eval_policy=eval_policy, **kwargs)  # PolicyWeightsMixin checks eval_policy
+        super().__init__(  # PolicyWeightsMixin checks eval_policy
+            eval_policy=eval_policy,
+            accelerator=accelerator,
+            parallel_devices=parallel_devices,
+            cluster_environment=cluster_environment,
+            checkpoint_io=checkpoint_io,
+            precision_plugin=precision_plugin,
+            process_group_backend=process_group_backend,
+            timeout=timeout,
+            start_method=start_method,
+        )
         self.buffer_policy = buffer_policy
         self.consensus_every = consensus_every
         self.loss_key = loss_key
@@ -126,14 +182,24 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
         self.diagnostic_bytes_total = 0
         self.nonfinite_events = 0
         self.skipped_rounds = 0
+        self.healed = 0
+        self.world_nonfinite_events = 0
+        self.world_healed = 0
+        self._events_reported = 0
+        self._healed_reported = 0
         self.recent_losses: deque[float] = deque(maxlen=1)
         # worker groups (setup_groups)
         self.group: Any = None
         self.group_ranks: list[int] = []
         # transient
+        self.replica_finite = True
         self._round_bytes = 0
         self._pending_logs: dict[str, float] = {}
         self._closure_output: Any = None
+        self._loss_recorded = False
+        self._pending_nonfinite: Tensor | None = None
+        self._heal_scopes: list[Any] = []
+        self._failed = False
 
     # ------------------------------------------------------------------ subclass API
     def round_due(self, step: int) -> bool:
@@ -141,7 +207,11 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
         return False
 
     def on_round(self, step: int) -> None:
-        """Run one round after optimizer step ``step``: collectives on flat buffers, then write the new weights."""
+        """Run one round after optimizer step ``step``: collectives on flat buffers, then write the new weights.
+
+        Mask with :attr:`replica_finite`: a non-finite replica contributes nothing and is healed with :meth:`heal_`
+        (:meth:`masked_mean` does the first part for an average).
+        """
 
     def on_before_local_step(self, step: int) -> None:
         """Called before optimizer step ``step`` runs (e.g. to keep a copy of the parameters)."""
@@ -151,6 +221,16 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
 
     def setup_round_state(self) -> None:
         """Called once at the start of fitting after the initial broadcast: create subgroups and stored copies."""
+
+    def validate_world_size(self, world_size: int) -> None:
+        """Raise a ``ValueError`` naming the argument when this configuration cannot run on ``world_size`` processes.
+
+        Called when the ``Trainer`` is built, in the launching process, before any worker starts (world sizes below
+        2 are refused before this is called). Must not communicate.
+        """
+
+    def reset_after_heal(self) -> None:
+        """Forget this rank's method state that described the replica :meth:`heal_` just replaced (e.g. an EMA)."""
 
     def extra_state_dict(self) -> dict[str, Any]:
         """This rank's method-specific state for checkpoints (tensors are moved to CPU by the base)."""
@@ -184,26 +264,32 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
         return out
 
     def average_buffers(self, group: Any = None) -> None:
-        """Average floating buffers within ``group`` when ``buffer_policy="average"`` (one all-reduce)."""
+        """Average floating buffers within ``group`` when ``buffer_policy="average"`` (one all-reduce).
+
+        Only finite buffers enter the mean; every rank (a healed one included) takes it.
+        """
         if self.buffer_policy != "average":
             return
-        buffers = self.float_buffers
-        if not buffers:
-            return
-        flat = _flat.flatten(buffers)
-        self.count_bytes(_comm.all_reduce_mean_(flat, group=group))
-        _flat.unflatten_(flat, buffers)
+        self._mean_buffers_into(group, only_nonfinite=False)
 
     def consensus_due(self) -> bool:
         """Whether this round should compute ``dist/consensus_distance``."""
         return self.consensus_every > 0 and self.num_rounds % self.consensus_every == 0
 
     def log_consensus(self, flat: Tensor, mean: Tensor | None = None) -> None:
-        """Log ``dist/consensus_distance`` of ``flat`` over the world; ``mean`` avoids a diagnostic all-reduce."""
+        """Log ``dist/consensus_distance`` of ``flat`` over the world; ``mean`` avoids a diagnostic all-reduce.
+
+        Non-finite replicas (:attr:`replica_finite` is ``False``) are left out; ``mean`` must then be the mean of
+        the finite ones (as :meth:`masked_mean` returns it).
+        """
+        include = self.replica_finite
         if mean is None:
-            mean = flat.clone()
-            self.diagnostic_bytes_total += _comm.all_reduce_mean_(mean)
-        distance, n = _comm.consensus_distance(flat, mean)
+            summed, count, _, sent = _comm.masked_all_reduce(flat, include)
+            self.diagnostic_bytes_total += sent
+            if count == 0:  # the same count on every rank: all skip the second collective
+                return
+            mean = summed.div_(count)
+        distance, n = _comm.consensus_distance(flat, mean, include=include)
         self.diagnostic_bytes_total += n
         self.log_value("dist/consensus_distance", distance)
 
@@ -212,27 +298,279 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
         self._pending_logs[name] = float(value)
 
     def note_nonfinite(self) -> None:
-        """Count one NaN/inf loss or gradient (``nonfinite_events``, logged as ``dist/nonfinite_events``)."""
+        """Count one NaN/inf loss or gradient in ``nonfinite_events`` (summed over the ranks at the next round)."""
         self.nonfinite_events += 1
-        self.log_value("dist/nonfinite_events", self.nonfinite_events)
+
+    # ------------------------------------------------------------------ non-finite isolation
+    def check_replica(self) -> bool:
+        """Whether this replica can take part in a round: finite parameters, floating buffers and round-step loss."""
+        return self._step_loss_finite() and _flat.all_finite(self.params) and _flat.all_finite(self.float_buffers)
+
+    def health_tail(
+        self, world: bool, dtype: torch.dtype = torch.float64, device: Any = "cpu", heal_follows: bool = True
+    ) -> Tensor:
+        """``[finite, events, heals]`` for a round's collective: whether this replica takes part, and counters.
+
+        Append it to the data a round already sends (an all-reduce buffer, an all-gathered row) and pass the sum of
+        the tails over the group to :meth:`read_health`. In a world-wide collective (``world=True``) it carries this
+        rank's non-finite events and heals not yet reported, so every rank learns the world totals without an extra
+        collective; group rounds send zeros there. With ``heal_follows`` (a round that heals every non-finite replica
+        once the collective shows a finite one) the heal of this non-finite replica is counted in advance; pass
+        ``False`` when the round's heals already happened. Counters are capped per round so their sum stays exact
+        in ``dtype`` (the rest follows in later rounds).
+        """
+        tail = torch.zeros(1 + _HEALTH_EXTRA, dtype=dtype, device=device)
+        tail[0] = 1.0 if self.replica_finite else 0.0
+        if world:
+            precount = heal_follows and not self.replica_finite
+            tail[1:] = torch.tensor(self._take_counters(dtype, precount=precount), dtype=dtype)
+        return tail
+
+    def read_health(self, summed: Tensor, group: Any = None) -> int:
+        """Read the summed :meth:`health_tail` of a round's collective over ``group``; returns the finite replicas.
+
+        A world-wide round (``group`` is ``None``) updates and logs the world totals ``dist/nonfinite_events`` and
+        ``dist/healed``.
+
+        Raises:
+            NonFiniteReplicasError: In a world-wide round where no replica is finite (on every rank alike).
+        """
+        values = [int(round(float(v))) for v in summed.reshape(-1).tolist()]
+        n_finite = values[0]
+        if group is None:
+            self._add_world_counters(values[1:])
+            if n_finite == 0:
+                raise NonFiniteReplicasError(self._all_nonfinite_message())
+        if n_finite < _comm.group_size(group) or (group is None and values[2] > 0):
+            self._heal_scopes.append(group)  # someone is or was non-finite here: heal its floating buffers too
+        return n_finite
+
+    def masked_mean(self, flat: Tensor, group: Any = None) -> Tensor | None:
+        """The mean of the finite replicas' ``flat`` over ``group`` in one all-reduce (bytes counted).
+
+        This rank contributes zeros when :attr:`replica_finite` is ``False``; the count of finite replicas and the
+        counters (:meth:`health_tail`) travel in the same buffer.
+
+        Returns:
+            The mean (a new tensor), or ``None`` in a group round where no replica of the group is finite.
+
+        Raises:
+            NonFiniteReplicasError: In a world-wide round where no replica is finite.
+        """
+        tail = self.health_tail(group is None, dtype=flat.dtype)
+        summed, count, extra, sent = _comm.masked_all_reduce(flat, self.replica_finite, tail[1:].tolist(), group)
+        self.count_bytes(sent)
+        self.read_health(torch.cat([torch.tensor([float(count)], dtype=torch.float64), extra]), group)
+        return summed.div_(count) if count > 0 else None
+
+    def exchange_health(self) -> int:
+        """A world all-reduce of :meth:`health_tail` alone (3 float64, counted): for rounds without a world collective.
+
+        Call it after the round's heals (gossip: a replica heals only when it has a usable neighbour); the finite
+        flag is then the replica's state after the round, which is non-finite everywhere only when it was before.
+
+        Returns:
+            The number of finite replicas.
+
+        Raises:
+            NonFiniteReplicasError: When no replica is finite.
+        """
+        tail = self.health_tail(True, device=self.root_device, heal_follows=False)
+        self.count_bytes(_comm.all_reduce_sum_(tail))
+        return self.read_health(tail.cpu())
+
+    @torch.no_grad()
+    def heal_(self, flat: Tensor, tensors: Sequence[Tensor] | None = None) -> None:
+        """Replace this non-finite replica by ``flat`` (built from the finite replicas) and reset its local state.
+
+        ``flat`` is written into ``tensors`` (default: the parameters). The optimizer state of every parameter is
+        **cleared**, not zeroed: each ``torch.optim`` optimizer re-creates it lazily at the next step, exactly as for
+        a fresh optimizer (SGD's momentum starts at the next gradient, Adam's moments at zero with its step count and
+        bias correction restarted), whereas zeroing would keep Adam's step count and leave buffers that describe the
+        diverged replica. The loss window and :meth:`reset_after_heal` state are forgotten too.
+        """
+        _flat.unflatten_(flat, self.params if tensors is None else tensors)
+        self._reset_local_state()
+        self.healed += 1
+        self.replica_finite = True
+
+    def heal_now(self) -> int:
+        """Heal every non-finite replica now from the finite ones (a collective; a no-op outside ``fit``).
+
+        Runs before a checkpoint is written and at the end of ``fit``, so no NaN replica is ever saved or handed
+        back. The source is the evaluation policy's weights over the finite replicas (``"average"`` for
+        ``eval_policy="local"``); parameters and floating buffers are replaced and the optimizer state cleared.
+        Costs one all-reduce of :meth:`health_tail` (3 float64, counted in ``diagnostic_bytes_total``; it also
+        brings the world fault totals up to date), plus the policy's collective when a replica is healed.
+
+        Returns:
+            The number of replicas healed (the same on every rank).
+
+        Raises:
+            NonFiniteReplicasError: When no replica is finite.
+        """
+        if not (self._groups_ready and _comm.dist_ready()):
+            return 0
+        swapped = self._swapped_local  # inside validation the replica waits there, the module holds the policy
+        replica = swapped if swapped is not None else self.flat_state()
+        finite = _flat.all_finite(replica)
+        self.replica_finite = finite
+        tail = self.health_tail(True, device=self.root_device)  # counts this rank's heal below in advance
+        self.diagnostic_bytes_total += _comm.all_reduce_sum_(tail)
+        n_finite = self.read_health(tail.cpu())  # raises on every rank when no replica is finite
+        self._heal_scopes = []  # buffers are part of the policy weights written below
+        world = _comm.group_size()
+        if n_finite == world:
+            return 0
+        source = self.policy_flat("average" if self.eval_policy == "local" else self.eval_policy)
+        if not finite:
+            if swapped is not None:
+                swapped.copy_(source)
+            else:
+                self.write_state(source)
+            self._reset_local_state()
+            self.healed += 1
+            self.replica_finite = True
+        return world - n_finite
+
+    def _reset_local_state(self) -> None:
+        params = set(self.params)
+        for optimizer in self.optimizers:
+            for p in list(optimizer.state):
+                if p in params:
+                    del optimizer.state[p]
+        self.recent_losses.clear()
+        self.reset_after_heal()
+
+    def _take_counters(self, dtype: torch.dtype, precount: bool) -> list[float]:
+        self._fold_nonfinite()
+        cap = max(1, int(2.0 / torch.finfo(dtype).eps) // max(1, _comm.group_size() if _comm.dist_ready() else 1))
+        events = min(self.nonfinite_events - self._events_reported, cap)
+        heals = min(self.healed - self._healed_reported + (1 if precount else 0), cap)
+        self._events_reported += events
+        self._healed_reported += heals
+        return [float(events), float(heals)]
+
+    def _add_world_counters(self, values: Sequence[int]) -> None:
+        self.world_nonfinite_events += values[0]
+        self.world_healed += values[1]
+        self.log_value("dist/nonfinite_events", self.world_nonfinite_events)
+        self.log_value("dist/healed", self.world_healed)
+
+    def _all_nonfinite_message(self) -> str:
+        return (
+            f"{type(self).__name__}: every replica is non-finite (NaN/inf weights, buffers or training loss) at "
+            f"optimizer step {self.num_steps}; nothing finite is left to heal from, so training stops rather than "
+            "save NaN. Lower the learning rate or clip gradients, then resume from the last checkpoint."
+        )
+
+    def _mean_buffers_into(self, group: Any, only_nonfinite: bool) -> None:
+        """Masked mean of the floating buffers over ``group``; written where ``only_nonfinite`` allows."""
+        buffers = self.float_buffers
+        if not buffers:
+            return
+        flat = _flat.flatten(buffers)
+        finite = _flat.all_finite(flat)
+        summed, count, _, sent = _comm.masked_all_reduce(flat, finite, group=group)
+        self.count_bytes(sent)
+        if count > 0 and not (only_nonfinite and finite):
+            _flat.unflatten_(summed.div_(count), buffers)
+
+    def _heal_buffers(self) -> None:
+        """After a round that saw a non-finite replica: give non-finite floating buffers the finite ranks' mean."""
+        scopes, self._heal_scopes = self._heal_scopes, []
+        if self.buffer_policy == "average":  # average_buffers already gave every rank the finite mean
+            return
+        for group in scopes:  # identical on every rank of each group
+            self._mean_buffers_into(group, only_nonfinite=True)
+
+    # ------------------------------------------------------------------ evaluation policies over finite replicas
+    @override
+    def policy_flat(self, policy: str) -> Tensor:
+        """Like :meth:`PolicyWeightsMixin.policy_flat`, over the finite replicas only.
+
+        ``"average"`` is the mean of the finite replicas; ``"leader"`` falls back to the lowest finite rank when the
+        leader's replica is not finite.
+
+        Raises:
+            NonFiniteReplicasError: When no replica is finite.
+        """
+        if policy not in ("average", "leader"):
+            return super().policy_flat(policy)
+        flat = self.flat_state()
+        finite = _flat.all_finite(flat)
+        if policy == "average":
+            summed, count, _, _ = _comm.masked_all_reduce(flat, finite)
+            if count == 0:
+                raise NonFiniteReplicasError(self._all_nonfinite_message())
+            return summed.div_(count)
+        flags = _comm.all_gather_scalar(1.0 if finite else 0.0, device=self.root_device)
+        src = self.leader if self.leader is not None else 0
+        if flags[src] < 0.5:
+            ok = torch.nonzero(flags > 0.5).reshape(-1)
+            if ok.numel() == 0:
+                raise NonFiniteReplicasError(self._all_nonfinite_message())
+            src = int(ok[0])
+        _comm.broadcast_(flat, src=src)
+        return flat
+
+    def finite_buffer_mean(self) -> Tensor:
+        """The mean of the finite replicas' floating buffers (a collective; for policies such as a centre).
+
+        Raises:
+            NonFiniteReplicasError: When no replica has finite buffers.
+        """
+        flat = _flat.flatten(self.float_buffers)
+        if not flat.numel():
+            return flat
+        summed, count, _, _ = _comm.masked_all_reduce(flat, _flat.all_finite(flat))
+        if count == 0:
+            raise NonFiniteReplicasError(self._all_nonfinite_message())
+        return summed.div_(count)
 
     # ------------------------------------------------------------------ worker groups
     def setup_groups(self, group_size: int | None) -> None:
         """Create the worker groups (all of them, identically on every rank): sets :attr:`group`, :attr:`group_ranks`.
 
         ``group_size=None`` groups by node (``devices`` per node; one group on a single node). Call it from
-        :meth:`setup_round_state` (a collective).
+        :meth:`setup_round_state` (a collective). The groups are destroyed at ``teardown``.
 
         Raises:
             ValueError: If the group size does not divide the world size or differs between ranks.
         """
         world = self.world_size
-        size = group_size if group_size is not None else (self.num_processes if self.num_nodes > 1 else world)
+        size = self.group_layout_size(group_size, world)
         _comm.contiguous_groups(world, size)  # validates
         sizes = _comm.all_gather_scalar(float(size), device=self.root_device)
         if not bool((sizes == sizes[0]).all()):
             raise ValueError(f"inconsistent group sizes across ranks: {sizes.tolist()}; pass the same group_size.")
+        self._destroy_subgroups()
         self.group, self.group_ranks = _comm.new_groups(world, size)
+
+    def group_layout_size(self, group_size: int | None, world_size: int) -> int:
+        """Workers per group for ``group_size`` (``None``: ``devices`` per node, or the whole world on one node)."""
+        if group_size is not None:
+            return group_size
+        return self.num_processes if self.num_nodes > 1 else world_size
+
+    def validate_group_size(self, group_size: int | None, world_size: int) -> None:
+        """For :meth:`validate_world_size`: ``group_size`` must divide ``world_size``.
+
+        Raises:
+            ValueError: Naming ``group_size`` and the divisors that would work.
+        """
+        size = self.group_layout_size(group_size, world_size)
+        if size < 1 or world_size % size:
+            divisors = [d for d in range(1, world_size + 1) if world_size % d == 0]
+            raise ValueError(
+                f"`group_size={group_size}` does not divide the world size devices*num_nodes={world_size}: use one "
+                f"of {divisors} (or None for one group per node)."
+            )
+
+    def _destroy_subgroups(self) -> None:
+        if self.group is not None:
+            _comm.destroy_group(self.group)
+        self.group, self.group_ranks = None, []
 
     @property
     def has_subgroups(self) -> bool:
@@ -254,6 +592,7 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
         if not math.isfinite(loss):
             self.note_nonfinite()
         self.recent_losses.append(loss)
+        self._loss_recorded = True
         return loss
 
     def step_loss(self) -> float:
@@ -273,16 +612,54 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
             return float(out.detach().float().item()) * scale
         if isinstance(out, (int, float)):
             return float(out)
-        lm = self.lightning_module
-        if lm is not None and lm._trainer is not None:
-            value = lm.trainer.callback_metrics.get(self.loss_key)
-            if value is not None:
-                return float(value)
+        value = self._logged_loss()
+        if value is not None:
+            return float(value)
         raise RuntimeError(
             f"{type(self).__name__} could not read the training loss: return the loss from `training_step` "
             f"(automatic optimization) or log it with `self.log({self.loss_key!r}, loss)` before `opt.step()` "
             "(manual optimization), or set `loss_key`."
         )
+
+    def _logged_loss(self) -> Any:
+        lm = self.lightning_module
+        if lm is not None and lm._trainer is not None:
+            return lm.trainer.callback_metrics.get(self.loss_key)
+        return None
+
+    def _loss_tensor(self) -> Tensor | None:
+        """This step's loss as a tensor without a device sync, or ``None`` when there is none."""
+        out = self._closure_output
+        if isinstance(out, Mapping):
+            out = out.get("loss")
+        if out is None:
+            out = self._logged_loss()
+        if isinstance(out, Tensor):
+            return out.detach()
+        if isinstance(out, (int, float)) and not isinstance(out, bool):
+            return torch.tensor(float(out))
+        return None
+
+    def _count_step_loss(self) -> None:
+        """Count a non-finite loss of this step (``record_step_loss`` already did, if it ran); no device sync."""
+        if self._loss_recorded:
+            return
+        loss = self._loss_tensor()
+        if loss is None:
+            return
+        bad = (~torch.isfinite(loss)).any().long()
+        self._pending_nonfinite = bad if self._pending_nonfinite is None else self._pending_nonfinite + bad
+
+    def _fold_nonfinite(self) -> None:
+        if self._pending_nonfinite is not None:
+            self.nonfinite_events += int(self._pending_nonfinite.item())
+            self._pending_nonfinite = None
+
+    def _step_loss_finite(self) -> bool:
+        if self._loss_recorded and self.recent_losses:
+            return math.isfinite(self.recent_losses[-1])
+        loss = self._loss_tensor()
+        return loss is None or bool(torch.isfinite(loss).all())
 
     # ------------------------------------------------------------------ Lightning overrides
     @override
@@ -293,6 +670,7 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
                 f"{type(self).__name__} needs at least 2 processes (got devices*num_nodes={world}): use "
                 "`devices>=2` (or several nodes), or plain single-device training without this strategy."
             )
+        self.validate_world_size(world)
         super()._configure_launcher()
 
     @override
@@ -300,13 +678,18 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
         """Like DDP's, but a ``torchrun`` restart gets a process group on a fresh, attempt-prefixed store.
 
         See :mod:`lightning_autoopt.strategies._elastic` for why; outside TorchElastic restarts this is exactly
-        ``DDPStrategy.setup_distributed``.
+        ``DDPStrategy.setup_distributed``. A default group created here is destroyed again (class docstring).
         """
+        creates = not (dist.is_available() and dist.is_initialized())
         attempt = torchrun_restart_attempt()
         if attempt is None:
             super().setup_distributed()
         else:
             setup_restarted_process_group(self, attempt)
+        if creates and dist.is_available() and dist.is_initialized():
+            _comm.own_default_group(self.shutdown_timeout_s)
+        _comm.starting_stage()
+        self._failed = False
 
     @override
     def configure_ddp(self) -> None:
@@ -339,20 +722,29 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
         self.on_before_local_step(step)
         output = super().optimizer_step(optimizer, recording_closure, model, **kwargs)
         self._closure_output = captured[0] if captured else output
+        self._loss_recorded = False
         self.num_steps = step
         self.on_local_step(step)
+        self._count_step_loss()
         if self.round_due(step):
-            _comm.require_process_group()
-            self._round_bytes = 0
-            self.on_round(step)
-            self.num_rounds += 1
-            self.bytes_sent_total += self._round_bytes
-            self.log_value("dist/bytes_sent", self._round_bytes)
-            self.log_value("dist/bytes_sent_total", self.bytes_sent_total)
-            self.log_value("dist/rounds", self.num_rounds)
+            self.run_round(step)
         self._closure_output = None
         self._flush_logs()
         return output
+
+    def run_round(self, step: int) -> None:
+        """One round after optimizer step ``step``: the health check, :meth:`on_round`, buffer healing, counters."""
+        _comm.require_process_group()
+        self._round_bytes = 0
+        self._heal_scopes = []
+        self.replica_finite = self.check_replica()
+        self.on_round(step)
+        self._heal_buffers()
+        self.num_rounds += 1
+        self.bytes_sent_total += self._round_bytes
+        self.log_value("dist/bytes_sent", self._round_bytes)
+        self.log_value("dist/bytes_sent_total", self.bytes_sent_total)
+        self.log_value("dist/rounds", self.num_rounds)
 
     def _flush_logs(self) -> None:
         if not self._pending_logs:
@@ -363,10 +755,43 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
                 lm.log(name, value, on_step=True, on_epoch=False, sync_dist=False, batch_size=1)
         self._pending_logs = {}
 
+    @override
+    def lightning_module_state_dict(self) -> dict[str, Any]:
+        """Heal non-finite replicas (:meth:`heal_now`), then the policy's weights: nothing NaN is ever saved."""
+        self.heal_now()
+        return super().lightning_module_state_dict()
+
+    @override
+    def on_train_end(self) -> None:
+        """Heal non-finite replicas (:meth:`heal_now`), then leave the policy weights in every rank's module."""
+        self.heal_now()
+        super().on_train_end()
+
+    @override
+    def on_exception(self, exception: BaseException) -> None:
+        self._failed = True
+        super().on_exception(exception)
+
+    @override
+    def teardown(self) -> None:
+        """Lightning's teardown, then destroy the process groups this strategy created (class docstring)."""
+        failed, self._failed = self._failed, False
+        try:
+            super().teardown()
+        finally:
+            self._destroy_subgroups()
+            if failed:  # the others may never arrive: no barrier; closing our connections releases them
+                _comm.release_default_group(barrier=False)
+            elif isinstance(self._launcher, _MultiProcessingLauncher):  # a spawned worker: it ends after this
+                _comm.release_default_group(barrier=True)
+            else:  # popen / torchrun: a test() may follow in this process; the exit hook destroys it
+                _comm.stage_finished()
+
     # ------------------------------------------------------------------ checkpoints
     @override
     def strategy_state_dict(self) -> dict[str, Any]:
         """This rank's full strategy state: counters, the loss window, plus :meth:`extra_state_dict`."""
+        self._fold_nonfinite()
         return to_cpu(
             {
                 "class": type(self).__name__,
@@ -376,6 +801,11 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
                 "diagnostic_bytes_total": self.diagnostic_bytes_total,
                 "nonfinite_events": self.nonfinite_events,
                 "skipped_rounds": self.skipped_rounds,
+                "healed": self.healed,
+                "world_nonfinite_events": self.world_nonfinite_events,
+                "world_healed": self.world_healed,
+                "events_reported": self._events_reported,
+                "healed_reported": self._healed_reported,
                 "leader": self.leader,
                 "recent_losses": list(self.recent_losses),
                 "extra": self.extra_state_dict(),
@@ -400,6 +830,12 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
         self.diagnostic_bytes_total = int(state.get("diagnostic_bytes_total", 0))
         self.nonfinite_events = int(state["nonfinite_events"])
         self.skipped_rounds = int(state["skipped_rounds"])
+        self.healed = int(state.get("healed", 0))
+        self.world_nonfinite_events = int(state.get("world_nonfinite_events", 0))
+        self.world_healed = int(state.get("world_healed", 0))
+        self._events_reported = int(state.get("events_reported", self.nonfinite_events))
+        self._healed_reported = int(state.get("healed_reported", self.healed))
+        self._pending_nonfinite = None
         self.leader = state["leader"]
         extra = state.get("extra", {})
         # checkpoints written before the window moved into the base kept it in the method's extra state

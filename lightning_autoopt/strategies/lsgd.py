@@ -30,9 +30,13 @@ class LSGDStrategy(LocalUpdateStrategy):
     (``leader_metric="loss"``, the paper's choice), or the SDTL proxy ``"grad_decrease"`` (an EMA 0.9/0.1 of the
     first-order decrease estimate ``(x_prev - x_new) . grad`` of the last step; argmin as in the SDTL code). Ties go
     to the lowest rank; a NaN/inf metric counts as +inf, so a diverged worker is never the leader (each
-    non-finite loss is counted in ``nonfinite_events`` and logged as ``dist/nonfinite_events``; a round where no
-    worker has a finite metric is skipped and counted in ``skipped_rounds``). The leader's parameters travel in
-    one flat broadcast from its rank.
+    non-finite loss is counted in ``nonfinite_events``; a round where no worker has a finite metric has no leader
+    and is counted in ``skipped_rounds``). The leader's parameters travel in one flat broadcast from its rank; the
+    metrics, each rank's health flag and the fault counters in one all-gather before it (4 float64 per rank).
+
+    A replica that is not finite at a round (see :class:`LocalUpdateStrategy`) is never the leader and copies the
+    leader's parameters (pull strength 1 for it, whatever ``pull_strength``), with its optimizer state and loss
+    window cleared; in a round without a leader it copies the lowest finite rank.
 
     **Multi-leader**: with more than one worker group (``group_size``, default one group per node) and a
     ``local_period``, workers are pulled towards their group's leader every ``local_period`` steps (broadcast inside
@@ -178,22 +182,41 @@ class LSGDStrategy(LocalUpdateStrategy):
             self._leader_round(None, list(range(self.world_size)), self.pull_strength, scope="global")
 
     def _leader_round(self, group: Any, ranks: list[int], strength: float, scope: str) -> None:
-        values = self.gather_scalar(self.leader_metric_value(), group=group)
-        index = _comm.argmin_lowest_index(values)
-        if index is None:  # nobody has a finite metric: no decision this round
+        # one all-gather carries every rank's metric and health (finite flag + counters in global rounds)
+        row = torch.cat(
+            [torch.tensor([self.leader_metric_value()], dtype=torch.float64), self.health_tail(group is None)]
+        )
+        gathered, sent = _comm.all_gather_(row.to(self.root_device), group=group)
+        self.count_bytes(sent)
+        n_finite = self.read_health(gathered[:, 1:].sum(dim=0), group)  # raises when no replica is finite
+        if n_finite == 0:  # a group round with no finite member: the next global round heals them
+            return
+        healthy = gathered[:, 1] > 0.5
+        index = _comm.argmin_lowest_index(
+            torch.where(healthy, gathered[:, 0], torch.full_like(gathered[:, 0], math.inf))
+        )
+        chosen = index is not None
+        if index is None:  # nobody has a finite metric: no leader this round
             self.skipped_rounds += 1
             self.log_value("dist/skipped_rounds", self.skipped_rounds)
-            return
+            if bool(healthy.all()):
+                return
+            index = int(torch.nonzero(healthy)[0])  # still heal the non-finite replicas, from the lowest finite rank
         leader = ranks[index]
         flat = self.flat_params()
         buffer = flat.clone() if self.global_rank == leader else torch.empty_like(flat)
         self.count_bytes(_comm.broadcast_(buffer, src=leader, group=group))
         if scope == "global" and self.consensus_due():
             self.log_consensus(flat)
-        self.log_value(f"dist/{scope}_leader_distance", float(torch.linalg.vector_norm(flat - buffer).item()))
-        _comm.leader_pull_(flat, buffer, strength)
-        self.write_params(flat)
+        if not self.replica_finite:
+            self.heal_(buffer)
+        elif chosen:
+            self.log_value(f"dist/{scope}_leader_distance", float(torch.linalg.vector_norm(flat - buffer).item()))
+            _comm.leader_pull_(flat, buffer, strength)
+            self.write_params(flat)
         self.average_buffers(group)
+        if not chosen:
+            return
         if scope == "global":
             self.leader = leader
             self.leader_counts[leader] += 1
@@ -203,6 +226,14 @@ class LSGDStrategy(LocalUpdateStrategy):
             self.local_leader = leader
             self._stored_local_leader = buffer
             self.log_value("dist/local_leader", leader)
+
+    def reset_after_heal(self) -> None:
+        """The healed replica's loss window is gone (base); its decrease EMA described the diverged replica too."""
+        self._decrease_ema = math.inf
+        self._prev_params = None
+
+    def validate_world_size(self, world_size: int) -> None:
+        self.validate_group_size(self.group_size, world_size)
 
     # ------------------------------------------------------------------ state
     def extra_state_dict(self) -> dict[str, Any]:

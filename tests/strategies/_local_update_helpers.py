@@ -70,6 +70,21 @@ class NaNOnRank(TinyClassifier):
         return loss
 
 
+class NaNFromStep(TinyClassifier):
+    """TinyClassifier whose loss is NaN from optimizer step ``from_step`` on (``global_step >= from_step``) and stays
+    NaN, on rank ``nan_rank`` (``-1``: every rank): the probe of issue 9, a worker that keeps diverging."""
+
+    def __init__(self, nan_rank: int = 1, from_step: int = 4, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.nan_rank, self.from_step = nan_rank, from_step
+
+    def training_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
+        loss = super().training_step(batch, batch_idx)
+        if self.nan_rank in (-1, self.global_rank) and self.global_step >= self.from_step:
+            loss = loss * float("nan")
+        return loss
+
+
 class Linear(pl.LightningModule):
     """A 3->2 linear layer plus a BatchNorm buffer, for detached strategies on the gloo pool."""
 
@@ -117,3 +132,19 @@ class ManualTiny(TinyClassifier):
         opt.zero_grad()
         self.manual_backward(loss)
         opt.step()
+
+
+class GroupProbe(pl.Callback):
+    """Records whether the default group and the strategy's subgroup exist at the end of training, and whether the
+    default group still exists in the callbacks' ``teardown`` hook (Lightning calls it after the strategy's)."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+        self.during: tuple[bool, bool] = (False, False)
+
+    def on_train_end(self, trainer, pl_module):  # type: ignore[no-untyped-def]
+        self.during = (dist.is_initialized(), getattr(trainer.strategy, "group", None) is not None)
+
+    def teardown(self, trainer, pl_module, stage):  # type: ignore[no-untyped-def]
+        seen = {"during_fit": self.during, "after_teardown": dist.is_initialized()}
+        torch.save(seen, os.path.join(self.out_dir, f"groups{trainer.global_rank}.pt"))

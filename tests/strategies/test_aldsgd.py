@@ -80,7 +80,8 @@ def test_pull_formula_matches_closed_form(pool, graph, activation, losses):
         torch.testing.assert_close(res[i]["post"].double(), exp, rtol=1e-6, atol=1e-5)
         assert res[i]["logs"]["dist/best_neighbour"] == b
         assert res[i]["logs"]["dist/max_degree_neighbour"] == m
-        assert res[i]["bytes"] == len(nbrs) * (8 + 1) * 4  # params + the leader signal
+        # params + the leader signal + the health flag per message, and the 3-float64 health all-reduce
+        assert res[i]["bytes"] == len(nbrs) * (8 + 2) * 4 + 24
         if activation == "alternate":
             assert m == i  # the documented degenerate case: the degree term pulls toward oneself
     if not isinstance(graph, str):
@@ -148,6 +149,7 @@ def test_four_process_fit_with_dynamic_graph(tmp_path):
         assert r["metrics"]["dist/graph"] == 0.0  # rounds use ring, complete, ring
         assert r["metrics"]["dist/degree"] == 2.0
         assert math.isfinite(r["metrics"]["dist/consensus_distance"])
-    # ring (degree 2) twice and complete (degree 3) once: 7 messages of 9 floats... per rank
+    # ring (degree 2) twice and complete (degree 3) once: 7 messages of n + 2 floats (signal, health flag) per rank,
+    # plus one 24-byte health all-reduce per round
     n = runs[0]["final"].numel()
-    assert runs[0]["state"]["bytes_sent_total"] == (2 + 3 + 2) * (n + 1) * 4
+    assert runs[0]["state"]["bytes_sent_total"] == (2 + 3 + 2) * (n + 2) * 4 + 3 * 24

@@ -48,11 +48,14 @@ class PartialAveragingStrategy(LocalUpdateStrategy):
 
     def on_round(self, step: int) -> None:
         flat = self.flat_params()
-        mean = flat.clone()
-        self.count_bytes(_comm.all_reduce_mean_(mean))  # one flat all-reduce; bytes go to dist/bytes_sent
+        mean = self.masked_mean(flat)  # the finite replicas' mean: one flat all-reduce, bytes counted
+        assert mean is not None  # only a group round can find no finite replica (a world round raises)
         if self.consensus_due():
             self.log_consensus(flat, mean)  # free: the mean is already known
-        self.write_params(_comm.leader_pull_(flat, mean, self.strength))
+        if self.replica_finite:
+            self.write_params(_comm.leader_pull_(flat, mean, self.strength))
+        else:  # a NaN/inf replica contributed nothing; it restarts from the mean, optimizer state cleared
+            self.heal_(mean)
         self.average_buffers()  # no-op unless buffer_policy="average"
         self.last_round_step = step
         self.log_value("partialavg/strength", self.strength)
@@ -146,6 +149,6 @@ def test_tiny_fit_two_spawned_processes(tmp_path):
         assert r["state"]["extra"] == {"last_round_step": 6}
         m = r["metrics"]
         assert m["dist/rounds"] == 3.0
-        assert m["dist/bytes_sent"] == 4 * n and m["dist/bytes_sent_total"] == 3 * 4 * n
+        assert m["dist/bytes_sent"] == 4 * (n + 3) and m["dist/bytes_sent_total"] == 3 * 4 * (n + 3)  # + health tail
         assert m["partialavg/strength"] == 1.0
         assert m["dist/consensus_distance"] >= 0.0

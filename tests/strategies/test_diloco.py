@@ -111,7 +111,7 @@ def test_one_and_two_outer_steps_closed_form_on_two_ranks():
         torch.testing.assert_close(r2["global"], torch.full((N_PARAMS,), theta2))
         torch.testing.assert_close(r2["momentum"], torch.full((N_PARAMS,), buf2))
         assert torch.equal(r2["params"], r2["global"])  # every worker restarts from the global weights
-        assert r1["bytes"] == 4 * N_PARAMS  # one flat fp32 all-reduce
+        assert r1["bytes"] == 4 * (N_PARAMS + 3)  # one flat fp32 all-reduce, with the health tail
         assert r1["logs"]["diloco/pseudo_grad_norm"] == pytest.approx(1.5 * N_PARAMS**0.5, rel=1e-6)
         assert r1["logs"]["diloco/outer_step_norm"] == pytest.approx(abs(theta1 - 1.0) * N_PARAMS**0.5, rel=1e-6)
     for key in ("global", "momentum", "params"):  # identical on both ranks, bitwise, without a broadcast

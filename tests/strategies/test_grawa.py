@@ -147,7 +147,7 @@ def test_strategy_round_matches_formula(pool, level):
         torch.testing.assert_close(r["post"].double(), 0.7 * X[i] + 0.3 * center, rtol=1e-6, atol=1e-5)
         assert r["logs"]["dist/grawa_weight"] == pytest.approx(float(w[i]))
         n_norms = 1 if level == "model" else 2  # Linear(3, 2): weight and bias
-        assert r["bytes"] == 8 * 4 + 8 * n_norms
+        assert r["bytes"] == 8 * 4 + 8 * (n_norms + 3)  # norms + health tail (flag, counters)
 
 
 def test_exponent_zero_and_full_pull_is_local_sgd_bitwise(pool):

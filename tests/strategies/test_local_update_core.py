@@ -199,8 +199,8 @@ def test_lsgd_lambda_one_makes_every_worker_the_leader(pool):
         assert torch.equal(r["post"], res[1]["pre"])
         assert r["counts"] == [0, 1, 0, 0]
         assert r["logs"]["dist/leader"] == 1
-        # one scalar gather (8 bytes) + one flat fp32 broadcast
-        assert r["bytes"] == 8 + 4 * N_PARAMS
+        # one gather of 4 float64 (metric, health flag, two counters) + one flat fp32 broadcast
+        assert r["bytes"] == 32 + 4 * N_PARAMS
         assert r["logs"]["dist/consensus_distance"] > 0
 
 
