@@ -808,6 +808,9 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
                 "healed_reported": self._healed_reported,
                 "leader": self.leader,
                 "recent_losses": list(self.recent_losses),
+                # values taken but not yet logged (a checkpoint's heal check takes the fault totals): the resumed
+                # run logs them at the same step as an uninterrupted one
+                "pending_logs": dict(self._pending_logs),
                 "extra": self.extra_state_dict(),
             }
         )
@@ -836,6 +839,7 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
         self._events_reported = int(state.get("events_reported", self.nonfinite_events))
         self._healed_reported = int(state.get("healed_reported", self.healed))
         self._pending_nonfinite = None
+        self._pending_logs = {str(k): float(v) for k, v in state.get("pending_logs", {}).items()}
         self.leader = state["leader"]
         extra = state.get("extra", {})
         # checkpoints written before the window moved into the base kept it in the method's extra state
