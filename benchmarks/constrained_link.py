@@ -30,7 +30,7 @@ Methods (``--methods``; period ``P`` = ``--period``, consensus diagnostic off ev
 ``easgd`` (β 0.43), ``lsgd`` (λ 0.5), ``lsgd-ml`` (multi-leader: one group per host, local period P/4; multi-host
 settings only), ``mgrawa``/``lgrawa`` (λ 0.5), ``dpsgd`` (ring), ``aldsgd`` (ring <-> random ring), ``diloco``
 (Nesterov outer lr 0.7, μ 0.9), all at period P. Opt-in: ``dpsgd-defaults``/``aldsgd-defaults`` (constructor
-defaults: period 1, diagnostic on).
+defaults: period 4, diagnostic off).
 
 Output (``--out-dir``, default ``benchmarks/out/constrained_link``): ``<setting>.jsonl`` (one line per run, written as
 it finishes; ``--resume`` skips the runs already there), ``constrained_link.json`` (runs + summary),

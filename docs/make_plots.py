@@ -168,7 +168,7 @@ def strategy(out: Path, work: Path) -> list[Path]:
         [checkpoint],
         max_epochs=4,
         devices=2,
-        strategy=LSGDStrategy(period=8, start_method="spawn"),
+        strategy=LSGDStrategy(period=8, consensus_every=1, start_method="spawn"),
         enable_checkpointing=True,
     )
     model = Classifier(arch="cnn", optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4)
@@ -182,7 +182,7 @@ def strategy(out: Path, work: Path) -> list[Path]:
         plots.plot_strategy(
             stored[CHECKPOINT_KEY],
             out / "strategy_rounds.png",
-            title="LSGD (period 8) on 2 CPU processes: CNN on MNIST-1D, 4 epochs",
+            title="LSGD (period 8, consensus_every=1) on 2 CPU processes: CNN on MNIST-1D, 4 epochs",
         )
     ]
 

@@ -20,8 +20,10 @@ HISTORY_CAPACITY = 1024
 """Rows a history keeps at least (at most twice that): ~16 kB per float column in a checkpoint."""
 
 
-def _plain(value: Any) -> float:
-    """A float for the record; ``None`` becomes NaN (e.g. an EMA before the first loss)."""
+def _plain(value: Any) -> Any:
+    """A float for the record (``None`` becomes NaN, e.g. an EMA before the first loss); a sequence, a list of them."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
     return float("nan") if value is None else float(value)
 
 
@@ -53,7 +55,7 @@ class BoundedHistory:
             raise ValueError(f"`capacity` must be >= 1, got {capacity!r}.")
         self.keys = tuple(keys)
         self.capacity = int(capacity)
-        self.columns: dict[str, list[float]] = {key: [] for key in self.keys}
+        self.columns: dict[str, list[Any]] = {key: [] for key in self.keys}
         self.every = 1
         self.offered = 0
 
@@ -61,7 +63,7 @@ class BoundedHistory:
         return len(self.columns[self.keys[0]])
 
     def append(self, **row: Any) -> bool:
-        """Offer one row (every column, as numbers or ``None`` for NaN); returns whether it was kept.
+        """Offer one row (every column, as numbers, ``None`` for NaN, or a list of them); returns whether it was kept.
 
         Raises:
             KeyError: If ``row`` does not have exactly the columns of the record.
@@ -79,7 +81,7 @@ class BoundedHistory:
                 self.every *= 2
         return kept
 
-    def last(self, key: str) -> float:
+    def last(self, key: str) -> Any:
         """The newest kept value of ``key`` (NaN when empty)."""
         values = self.columns[key]
         return values[-1] if values else math.nan
@@ -100,7 +102,7 @@ class BoundedHistory:
         Raises:
             ValueError: If the restored columns have different lengths.
         """
-        present = {key: [float(v) for v in state[key]] for key in self.keys if key in state}
+        present = {key: [_plain(v) for v in state[key]] for key in self.keys if key in state}
         lengths = {len(v) for v in present.values()}
         if len(lengths) > 1:
             raise ValueError(f"history columns have different lengths {sorted(lengths)}; the state is damaged.")

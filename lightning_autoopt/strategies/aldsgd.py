@@ -54,8 +54,10 @@ class ALDSGDStrategy(DPSGDStrategy):
         loss_window: Leader signal = mean of the last ``loss_window`` finite training losses (1 = the current
             minibatch loss, as in the reference code). A non-finite current loss makes the signal ``+inf``.
         graph, dynamic_graph, activation, budget, period, edge_prob, graph_seed: See :class:`DPSGDStrategy`.
-            AL-DSGD's default is dynamic: ``graph="ring"``, ``dynamic_graph="random_ring"``.
-        buffer_policy, eval_policy, consensus_every: See :class:`LocalUpdateStrategy`.
+            AL-DSGD's default is dynamic: ``graph="ring"``, ``dynamic_graph="random_ring"``; ``period`` 4 as
+            D-PSGD's (the reference code gossips every step: ``period=1``).
+        buffer_policy, eval_policy, consensus_every: See :class:`LocalUpdateStrategy` (``consensus_every`` off by
+            default: it costs a full-model diagnostic all-reduce).
         **kwargs: Forwarded to :class:`LocalUpdateStrategy` / ``DDPStrategy``.
 
     Raises:
@@ -82,12 +84,12 @@ class ALDSGDStrategy(DPSGDStrategy):
         dynamic_graph: GraphSpec | None = "random_ring",
         activation: str = "all",
         budget: float = 0.5,
-        period: int = 1,
+        period: int = 4,
         edge_prob: float = 0.5,
         graph_seed: int = 0,
         buffer_policy: str = "local",
         eval_policy: str = "average",
-        consensus_every: int = 1,
+        consensus_every: int = 0,
         **kwargs: Any,
     ) -> None:
         self.best_mix = check_strength("best_mix", best_mix)

@@ -80,12 +80,16 @@ class DPSGDStrategy(LocalUpdateStrategy):
         dynamic_graph: Optional second graph; rounds alternate ``graph``, ``dynamic_graph``, ``graph``, ...
         activation: ``"all"``, ``"alternate"`` or ``"random"``.
         budget: Activation probability of each matching for ``activation="random"``.
-        period: Optimizer steps between gossip rounds.
+        period: Optimizer steps between gossip rounds. Default 4: on a ring every worker sends its model to two
+            neighbours per round, so period 1 sends 2x the model per step, more than DDP's ring all-reduce
+            (1.5x on 4 workers) and slower than DDP on a slow link; period 4 sends a third of DDP's bytes (see
+            ``benchmarks/RESULTS.md``, constrained link). ``period=1`` is the paper's D-PSGD.
         edge_prob: Edge probability of ``"erdos_renyi"`` graphs.
         graph_seed: Seed for random graphs (the dynamic graph uses ``graph_seed + 1``) and random activation.
         buffer_policy: ``"local"`` (default) or ``"average"`` (floating buffers are gossiped with the parameters).
         eval_policy: ``"average"`` (default), ``"leader"`` (rank 0) or ``"local"``.
-        consensus_every: See :class:`LocalUpdateStrategy` (one diagnostic all-reduce per logged round).
+        consensus_every: See :class:`LocalUpdateStrategy`. Off (``0``) by default: it costs one full-model
+            diagnostic all-reduce per logged round, more than a gossip round on a ring.
         **kwargs: Forwarded to :class:`LocalUpdateStrategy` / ``DDPStrategy``.
 
     Raises:
@@ -106,12 +110,12 @@ class DPSGDStrategy(LocalUpdateStrategy):
         dynamic_graph: GraphSpec | None = None,
         activation: str = "all",
         budget: float = 0.5,
-        period: int = 1,
+        period: int = 4,
         edge_prob: float = 0.5,
         graph_seed: int = 0,
         buffer_policy: str = "local",
         eval_policy: str = "average",
-        consensus_every: int = 1,
+        consensus_every: int = 0,
         **kwargs: Any,
     ) -> None:
         _check_graph_spec("graph", graph)

@@ -64,7 +64,8 @@ class GRAWAStrategy(LocalUpdateStrategy):
             ``"last"`` (the norm of the last step before the round).
         buffer_policy: See :class:`LocalUpdateStrategy`.
         eval_policy: ``"average"`` (default), ``"leader"`` or ``"local"``.
-        consensus_every: See :class:`LocalUpdateStrategy` (costs one diagnostic all-reduce here).
+        consensus_every: See :class:`LocalUpdateStrategy`. Off (``0``) by default: it costs one full-model
+            diagnostic all-reduce per logged round here.
         **kwargs: Forwarded to :class:`LocalUpdateStrategy` / ``DDPStrategy``.
 
     Raises:
@@ -90,7 +91,7 @@ class GRAWAStrategy(LocalUpdateStrategy):
         statistic: str = "mean_over_period",
         buffer_policy: str = "local",
         eval_policy: str = "average",
-        consensus_every: int = 1,
+        consensus_every: int = 0,
         **kwargs: Any,
     ) -> None:
         level = self.default_level if level is None else level

@@ -56,6 +56,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from lightning_autoopt import _flat
+from lightning_autoopt._history import BoundedHistory
 from lightning_autoopt.strategies import _comm
 from lightning_autoopt.strategies._checks import check_choice, check_count, check_no_ddp_options
 from lightning_autoopt.strategies._elastic import setup_restarted_process_group, torchrun_restart_attempt
@@ -63,6 +64,8 @@ from lightning_autoopt.strategies._policy import PolicyWeightsMixin, to_cpu
 
 _BUFFER_POLICIES = ("local", "average")
 _HEALTH_EXTRA = 2  # counters that travel with a round's world collective: non-finite events, heals
+#: Columns of :attr:`LocalUpdateStrategy.history` (one row per round).
+HISTORY_KEYS = ("step", "round", "bytes_sent_total", "consensus_distance", "leader", "losses", "healed", "nonfinite")
 
 
 class NonFiniteReplicasError(RuntimeError):
@@ -188,6 +191,7 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
         self._events_reported = 0
         self._healed_reported = 0
         self.recent_losses: deque[float] = deque(maxlen=1)
+        self._history = BoundedHistory(HISTORY_KEYS)
         # worker groups (setup_groups)
         self.group: Any = None
         self.group_ranks: list[int] = []
@@ -195,6 +199,8 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
         self.replica_finite = True
         self._round_bytes = 0
         self._pending_logs: dict[str, float] = {}
+        self.round_losses: list[float] | None = None  # every rank's loss (leader metric) gathered this round
+        self._round_consensus = math.nan
         self._closure_output: Any = None
         self._loss_recorded = False
         self._pending_nonfinite: Tensor | None = None
@@ -291,6 +297,7 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
             mean = summed.div_(count)
         distance, n = _comm.consensus_distance(flat, mean, include=include)
         self.diagnostic_bytes_total += n
+        self._round_consensus = float(distance)
         self.log_value("dist/consensus_distance", distance)
 
     def log_value(self, name: str, value: float) -> None:
@@ -737,6 +744,8 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
         _comm.require_process_group()
         self._round_bytes = 0
         self._heal_scopes = []
+        self.round_losses = None
+        self._round_consensus = math.nan
         self.replica_finite = self.check_replica()
         self.on_round(step)
         self._heal_buffers()
@@ -745,6 +754,28 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
         self.log_value("dist/bytes_sent", self._round_bytes)
         self.log_value("dist/bytes_sent_total", self.bytes_sent_total)
         self.log_value("dist/rounds", self.num_rounds)
+        self._history.append(
+            step=step,
+            round=self.num_rounds,
+            bytes_sent_total=self.bytes_sent_total,
+            consensus_distance=self._round_consensus,
+            leader=-1 if self.leader is None else int(self.leader),
+            losses=list(self.round_losses or []),
+            healed=self.world_healed,
+            nonfinite=self.world_nonfinite_events,
+        )
+
+    @property
+    def history(self) -> dict[str, Any]:
+        """This rank's record of the rounds, for :func:`lightning_autoopt.plots.plot_strategy`.
+
+        One row per round (thinned by halving the resolution past 2048 rows, see
+        :class:`~lightning_autoopt._history.BoundedHistory`): ``step``, ``round``, ``bytes_sent_total`` (this rank),
+        ``consensus_distance`` (NaN in rounds that did not measure it), ``leader`` (-1 without one), ``losses`` (every
+        rank's leader metric where the method gathers it, e.g. LSGD's global rounds; else empty), ``healed`` and
+        ``nonfinite`` (world totals). Saved in the checkpoint (``strategy_state_dict()["history"]``).
+        """
+        return self._history.as_dict()
 
     def _flush_logs(self) -> None:
         if not self._pending_logs:
@@ -811,6 +842,7 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
                 # values taken but not yet logged (a checkpoint's heal check takes the fault totals): the resumed
                 # run logs them at the same step as an uninterrupted one
                 "pending_logs": dict(self._pending_logs),
+                "history": self._history.as_dict(),
                 "extra": self.extra_state_dict(),
             }
         )
@@ -840,6 +872,8 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
         self._healed_reported = int(state.get("healed_reported", self.healed))
         self._pending_nonfinite = None
         self._pending_logs = {str(k): float(v) for k, v in state.get("pending_logs", {}).items()}
+        self._history = BoundedHistory(HISTORY_KEYS)
+        self._history.load(state.get("history", {}))
         self.leader = state["leader"]
         extra = state.get("extra", {})
         # checkpoints written before the window moved into the base kept it in the method's extra state

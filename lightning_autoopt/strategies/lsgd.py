@@ -62,7 +62,8 @@ class LSGDStrategy(LocalUpdateStrategy):
         eval_policy: Weights validated during fit and saved as the checkpoint's ``"state_dict"``: ``"average"``
             (default; the mean of the workers, the "center" the paper evaluates), ``"leader"`` (the last global
             leader's replica) or ``"local"``.
-        consensus_every: See :class:`LocalUpdateStrategy` (LSGD pays one diagnostic all-reduce for it).
+        consensus_every: See :class:`LocalUpdateStrategy`. Off (``0``) by default: LSGD pays one full-model
+            diagnostic all-reduce per logged round for it (doubling a round's traffic).
         loss_key: See :class:`LocalUpdateStrategy`.
         **kwargs: Forwarded to :class:`~lightning.pytorch.strategies.DDPStrategy`.
 
@@ -89,7 +90,7 @@ class LSGDStrategy(LocalUpdateStrategy):
         proximal_strength: float = 0.0,
         buffer_policy: str = "local",
         eval_policy: str = "average",
-        consensus_every: int = 1,
+        consensus_every: int = 0,
         loss_key: str = "train_loss",
         **kwargs: Any,
     ) -> None:
@@ -189,6 +190,8 @@ class LSGDStrategy(LocalUpdateStrategy):
         gathered, sent = _comm.all_gather_(row.to(self.root_device), group=group)
         self.count_bytes(sent)
         n_finite = self.read_health(gathered[:, 1:].sum(dim=0), group)  # raises when no replica is finite
+        if scope == "global":  # every rank's leader metric, for the round history's loss panel
+            self.round_losses = [float(v) for v in gathered[:, 0].tolist()]
         if n_finite == 0:  # a group round with no finite member: the next global round heals them
             return
         healthy = gathered[:, 1] > 0.5

@@ -137,7 +137,9 @@ def test_four_process_fit_with_dynamic_graph(tmp_path):
         tmp_path,
         [FlatRecorder(str(tmp_path))],
         devices=4,
-        strategy=ALDSGDStrategy(graph="ring", dynamic_graph="complete", period=2, start_method="spawn"),
+        strategy=ALDSGDStrategy(
+            graph="ring", dynamic_graph="complete", period=2, consensus_every=1, start_method="spawn"
+        ),
         max_steps=6,
         limit_val_batches=1,
         num_sanity_val_steps=0,

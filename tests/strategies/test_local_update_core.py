@@ -284,3 +284,36 @@ def test_policy_weights_block_swaps_in_and_always_restores(pool):
 def test_inconsistent_group_sizes_fail_on_every_rank(pool):
     res = run_on_pool(pool, WORLD, _inconsistent_groups)
     assert all(msg is not None and "inconsistent group sizes" in msg for msg in res)
+
+
+def _lsgd_history():
+    rank = dist.get_rank()
+    s = detached(LSGDStrategy, period=1, pull_strength=0.5, window=1, consensus_every=2)
+    for step, loss in ((1, [3.0, 1.0, 2.0, 5.0]), (2, [1.0, 4.0, 2.0, 3.0])):
+        s._closure_output = torch.tensor(loss[rank])
+        s.num_steps = step
+        s.on_local_step(step)
+        s.run_round(step)
+    state = s.strategy_state_dict()
+    restored = detached(LSGDStrategy, period=1, pull_strength=0.5, window=1, consensus_every=2)
+    restored.load_strategy_state_dict(state)
+    return rank, (s.history, restored.history)
+
+
+def test_round_history_records_every_round_and_survives_the_checkpoint(pool, tmp_path):
+    from lightning_autoopt.plots import plot_strategy
+
+    res = run_on_pool(pool, WORLD, _lsgd_history)
+    histories = []
+    for rank, (hist, restored) in enumerate(res):
+        assert repr(restored) == repr(hist)  # NaN-aware equality
+        assert hist["step"] == [1.0, 2.0] and hist["round"] == [1.0, 2.0] and hist["offered"] == 2
+        assert hist["leader"] == [1.0, 0.0]  # the lowest loss of each round
+        assert hist["losses"] == [[3.0, 1.0, 2.0, 5.0], [1.0, 4.0, 2.0, 3.0]]
+        first, second = hist["consensus_distance"]
+        assert first > 0 and second != second  # consensus_every=2: rounds 0, 2, ... measure it; NaN otherwise
+        assert hist["bytes_sent_total"][1] == 2 * hist["bytes_sent_total"][0] > 0
+        assert hist["healed"] == [0.0, 0.0] and hist["nonfinite"] == [0.0, 0.0]
+        histories.append(hist)
+    png = plot_strategy(histories, tmp_path / "rounds.png")
+    assert png.stat().st_size > 10_000
