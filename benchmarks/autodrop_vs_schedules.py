@@ -81,10 +81,13 @@ def plateau_step(val: list[list[float]], frac: float = PLATEAU_FRAC, half: int =
     return int(next(v[0] for v, x in zip(val, s) if x <= low + frac * (first - low)))
 
 
-def make_callbacks(method: str) -> tuple[list[pl.Callback], AutoDrop | None]:
+def make_callbacks(
+    method: str, autodrop_kwargs: dict[str, Any] | None = None
+) -> tuple[list[pl.Callback], AutoDrop | None]:
+    """The method's callbacks; ``autodrop_kwargs`` replaces AutoDrop's defaults (the sensitivity study's candidates)."""
     autodrop = None
     if method == "autodrop":
-        autodrop = AutoDrop(verbose=False)
+        autodrop = AutoDrop(verbose=False, **(autodrop_kwargs or {}))
     elif method == "autodrop_reference":
         autodrop = AutoDrop(
             saturation="reference", interval="epoch", theta=0.01, max_theta=1.0, min_lr=1e-4, patience=19,
@@ -93,8 +96,14 @@ def make_callbacks(method: str) -> tuple[list[pl.Callback], AutoDrop | None]:
     return ([autodrop] if autodrop is not None else []), autodrop
 
 
-def run_one(workload: Workload, method: str, seed: int, datamodule: pl.LightningDataModule) -> dict[str, Any]:
-    callbacks, autodrop = make_callbacks(method)
+def run_one(
+    workload: Workload,
+    method: str,
+    seed: int,
+    datamodule: pl.LightningDataModule,
+    autodrop_kwargs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    callbacks, autodrop = make_callbacks(method, autodrop_kwargs)
     curves = Curves()
     start = time.perf_counter()
     out = run_method(workload, method if not method.startswith("autodrop") else "constant", seed, datamodule,

@@ -132,6 +132,9 @@ class SaturationDetector:
         auto_theta: ``"reference"``: grow θ by ``1 / drop_factor`` after each drop.
         max_theta: ``"reference"``: cap on the growing θ (``None``: no cap).
         max_drops: Stop detecting after this many drops (``None``: no limit).
+        rearm_after_drop: ``"trend"``: after a drop, ω must again be seen rising (``z > threshold``) before the
+            test can fire; with ``False`` only the first drop needs the rise (the test is armed from the start of
+            every later cycle; the window is still cleared).
 
     Example::
 
@@ -148,6 +151,7 @@ class SaturationDetector:
     auto_theta: bool = True
     max_theta: float | None = None
     max_drops: int | None = None
+    rearm_after_drop: bool = True
     values: list[float] = field(default_factory=list)  # ω since the last reset (trend) / the last two (reference)
     armed: bool = False  # trend: a significant rise was seen since the last reset
     detected: bool = False
@@ -219,7 +223,7 @@ class SaturationDetector:
                 self.threshold = min(self.threshold, self.max_theta)
         if self.resets_on_drop:
             self.values.clear()
-            self.armed = False
+            self.armed = not self.rearm_after_drop
         self.drops += 1
         self.detected = False
         self.snapshots_since_detection = 0

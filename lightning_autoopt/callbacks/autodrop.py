@@ -100,6 +100,8 @@ class AutoDrop(Callback):
         trend_threshold: Trend test: ω is rising while the Mann–Kendall ``z`` is above this and saturated when
             ``|z|`` falls below it afterwards (2 ≈ a trend significant at about 95 %).
         decisions_per_run: ``interval="auto"``: decisions in the whole training budget.
+        rearm_after_drop: Trend test: after a drop, ω must again be seen rising (``z > trend_threshold``) before the
+            test can fire. ``False``: only the first drop needs the rise; the window is still cleared at a drop.
         drop_factor: LR multiplier at each drop, in ``(0, 1)``.
         min_lr: LR floor; a drop never takes a group below it (``0``, the default, disables the floor; the reference
             scripts used ``1e-4``).
@@ -141,6 +143,7 @@ class AutoDrop(Callback):
         window: int = 10,
         trend_threshold: float = 2.0,
         decisions_per_run: int = 70,
+        rearm_after_drop: bool = True,
         drop_factor: float = 0.2,
         min_lr: float = 0.0,
         theta: float = 0.01,
@@ -172,6 +175,8 @@ class AutoDrop(Callback):
             )
         if isinstance(decisions_per_run, bool) or not isinstance(decisions_per_run, int) or decisions_per_run < 1:
             raise ValueError(f"AutoDrop: `decisions_per_run` must be an int >= 1, e.g. 100, got {decisions_per_run!r}.")
+        if not isinstance(rearm_after_drop, bool):
+            raise ValueError(f"AutoDrop: `rearm_after_drop` must be True or False, got {rearm_after_drop!r}.")
         if not (isinstance(drop_factor, (int, float)) and 0.0 < drop_factor < 1.0):
             raise ValueError(f"AutoDrop: `drop_factor` must be in (0, 1), e.g. 0.2, got {drop_factor!r}.")
         if not (isinstance(min_lr, (int, float)) and math.isfinite(min_lr) and min_lr >= 0):
@@ -216,6 +221,7 @@ class AutoDrop(Callback):
             # a cap below the starting θ (e.g. theta=2 with the default cap 1.0) is raised to θ: θ then stays fixed
             max_theta=None if max_theta is None else max(float(max_theta), float(theta)),
             max_drops=max_drops,
+            rearm_after_drop=rearm_after_drop,
         )
         # Run-time state (all of it is in state_dict).
         self._every: int | None = interval if isinstance(interval, int) else None  # steps per decision; None: epoch
