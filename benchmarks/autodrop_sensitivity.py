@@ -58,17 +58,13 @@ import torch
 
 from benchmarks._autodrop_workloads import WORKLOADS
 from benchmarks.autodrop_vs_schedules import CACHE as BENCH_CACHE
-from benchmarks.autodrop_vs_schedules import EARLY, OUT, plateau_step, run_one
+from benchmarks.autodrop_vs_schedules import EARLY, OUT, V1_KWARGS, plateau_step, run_one
 
 CACHE = OUT / "autodrop_sensitivity.json"
 BASELINES = ("constant", "cosine", "multistep", "plateau", "schedulefree")
 ACC_TOL, LOSS_TOL = 0.3, 0.02  # points, relative loss
 
-#: The first default, spelled out so that the row keeps its meaning whatever the defaults become.
-V1: dict[str, Any] = dict(
-    decisions_per_run=70, window=10, trend_threshold=2.0, patience=5, drop_factor=0.2, average_on_drop=True,
-    rearm_after_drop=True,
-)  # fmt: skip
+V1 = V1_KWARGS  # the first default, spelled out so that the row keeps its meaning whatever the defaults become
 CANDIDATES: dict[str, dict[str, Any]] = {
     "v1": V1,
     "arm-once": {**V1, "rearm_after_drop": False},
@@ -89,7 +85,7 @@ def summarize(name: str, results: dict[str, Any], bench: dict[str, Any], seeds: 
     for wname, w in WORKLOADS.items():
         runs = [results.get(f"{name}/{wname}/{s}") for s in seeds]
         if name == "v1" and any(r is None for r in runs):  # v1 is the benchmark's own AutoDrop row
-            runs = [bench.get(f"{wname}/autodrop/{s}") for s in seeds]
+            runs = [bench.get(f"{wname}/autodrop_v1/{s}") for s in seeds]
         if any(r is None for r in runs):
             continue
         base = {m: statistics.mean(bench[f"{wname}/{m}/{s}"]["metric"] for s in seeds) for m in BASELINES}
@@ -181,7 +177,7 @@ def verify(keys: list[str], bench: dict[str, Any]) -> None:
         dm = w.make_data()
         dm.prepare_data()
         dm.setup("fit")
-        res = run_one(w, method, int(seed), dm, autodrop_kwargs=V1 if method == "autodrop" else None)
+        res = run_one(w, method, int(seed), dm)
         cached = bench[key]["metric"]
         same = res["metric"] == cached
         print(f"  {key:28s} now {res['metric']:.6f}, cached {cached:.6f}: {'identical' if same else 'DIFFERENT'}")

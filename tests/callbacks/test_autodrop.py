@@ -605,8 +605,9 @@ def test_trend_detector_needs_a_rise_first_and_resets_after_a_drop() -> None:
     falling = _saturating(100, knee=100, rise=-200.0, seed=8)  # ω that only falls never arms the test
     det = SaturationDetector(window=10, patience=2)
     assert all(det.update(w)[0] == "none" for w in falling) and not det.armed
-    # rise then flat, twice: the window and the arming are cleared at the drop, the second cycle starts afresh
-    det = SaturationDetector(window=10, patience=2)
+    # rise then flat, twice: with rearm_after_drop the window and the arming are cleared at the drop, and the second
+    # cycle starts afresh (the default clears the window only: test_rearm_after_drop_...)
+    det = SaturationDetector(window=10, patience=2, rearm_after_drop=True)
     cycle = _saturating(40, knee=15, noise=1.0, seed=9)
     first = []
     for w in cycle:
