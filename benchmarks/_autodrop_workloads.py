@@ -17,7 +17,8 @@ Workloads (one fixed budget each, chosen where a decay helps: cosine beats const
 Budgets, LR and weight decay per workload are in ``WORKLOADS`` (SGD, momentum 0.9; classifiers at weight decay 5e-3,
 where a decay helps on these budgets; at 5e-4 a constant LR was as good as cosine).
 
-Methods (``METHODS``): ``autodrop`` (defaults), ``autodrop_reference`` (the paper's ``|Δω| < θ`` rule with the
+Methods (``METHODS``): ``autodrop`` (defaults), ``autodrop_v1`` (the first default, before the sensitivity study:
+x0.2 per drop, re-armed after each drop), ``autodrop_reference`` (the paper's ``|Δω| < θ`` rule with the
 reference scripts' θ), ``constant``, ``cosine`` (per step, to 0 at the end of the budget), ``multistep`` (×0.2 at
 50 % and 75 % of the budget: a hand-picked schedule), ``plateau`` (ReduceLROnPlateau on val_loss, ×0.2, patience
 3 validations) and ``schedulefree`` (Schedule-Free SGD, Defazio et al. 2024, lr ×10 the workload's SGD lr, the low
@@ -41,7 +42,16 @@ from lightning_autoopt.data.regression import Friedman1DataModule
 from lightning_autoopt.data.text import CharTextDataModule
 from lightning_autoopt.models import Classifier
 
-METHODS = ("autodrop", "autodrop_reference", "constant", "cosine", "multistep", "plateau", "schedulefree")
+METHODS = (
+    "autodrop",
+    "autodrop_v1",
+    "autodrop_reference",
+    "constant",
+    "cosine",
+    "multistep",
+    "plateau",
+    "schedulefree",
+)
 VALIDATIONS_PER_RUN = 50  # validation every budget/50 optimizer steps, for every method (plateau, curves)
 
 

@@ -9,7 +9,10 @@ Workloads and methods: see ``benchmarks/_autodrop_workloads.py`` (each workload'
 known to help; the table checks that cosine beats constant there). Every method trains the same model from the same
 seed with SGD (momentum 0.9) at the workload's LR for the same number of optimizer steps, validating 50 times:
 
-* ``autodrop``            constant LR + ``AutoDrop()`` with its defaults (trend test, interval "auto", patience 5)
+* ``autodrop``            constant LR + ``AutoDrop()`` with its defaults (trend test, interval "auto", patience 5,
+  x0.5 per drop, armed once)
+* ``autodrop_v1``         constant LR + the first default (``V1_KWARGS``: x0.2 per drop, re-armed after each drop),
+  kept for comparison after ``benchmarks/autodrop_sensitivity.py`` changed the default
 * ``autodrop_reference``  constant LR + the paper's rule at the reference scripts' settings
   (``AutoDrop(saturation="reference", interval="epoch", theta=0.01, max_theta=1.0, min_lr=1e-4)``)
 * ``constant``, ``cosine`` (per step to 0), ``multistep`` (x0.2 at 50 % and 75 %), ``plateau`` (ReduceLROnPlateau on
@@ -46,6 +49,11 @@ from lightning_autoopt.callbacks import AutoDrop  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
 CACHE = OUT / "autodrop_bench.json"
+#: AutoDrop's first default (issue 14, first pass), spelled out so that the row keeps its meaning.
+V1_KWARGS: dict[str, Any] = dict(
+    decisions_per_run=70, window=10, trend_threshold=2.0, patience=5, drop_factor=0.2, average_on_drop=True,
+    rearm_after_drop=True,
+)  # fmt: skip
 EARLY = 0.10
 PLATEAU_FRAC = 0.05
 SMOOTH_HALF = 2  # 5 of the 50 validations: a tenth of the run, as the trace replay's 9 of 100
@@ -81,10 +89,15 @@ def plateau_step(val: list[list[float]], frac: float = PLATEAU_FRAC, half: int =
     return int(next(v[0] for v, x in zip(val, s) if x <= low + frac * (first - low)))
 
 
-def make_callbacks(method: str) -> tuple[list[pl.Callback], AutoDrop | None]:
+def make_callbacks(
+    method: str, autodrop_kwargs: dict[str, Any] | None = None
+) -> tuple[list[pl.Callback], AutoDrop | None]:
+    """The method's callbacks; ``autodrop_kwargs`` replaces AutoDrop's defaults (the sensitivity study's candidates)."""
     autodrop = None
     if method == "autodrop":
-        autodrop = AutoDrop(verbose=False)
+        autodrop = AutoDrop(verbose=False, **(autodrop_kwargs or {}))
+    elif method == "autodrop_v1":
+        autodrop = AutoDrop(verbose=False, **V1_KWARGS)
     elif method == "autodrop_reference":
         autodrop = AutoDrop(
             saturation="reference", interval="epoch", theta=0.01, max_theta=1.0, min_lr=1e-4, patience=19,
@@ -93,8 +106,14 @@ def make_callbacks(method: str) -> tuple[list[pl.Callback], AutoDrop | None]:
     return ([autodrop] if autodrop is not None else []), autodrop
 
 
-def run_one(workload: Workload, method: str, seed: int, datamodule: pl.LightningDataModule) -> dict[str, Any]:
-    callbacks, autodrop = make_callbacks(method)
+def run_one(
+    workload: Workload,
+    method: str,
+    seed: int,
+    datamodule: pl.LightningDataModule,
+    autodrop_kwargs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    callbacks, autodrop = make_callbacks(method, autodrop_kwargs)
     curves = Curves()
     start = time.perf_counter()
     out = run_method(workload, method if not method.startswith("autodrop") else "constant", seed, datamodule,

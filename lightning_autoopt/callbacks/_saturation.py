@@ -113,8 +113,9 @@ class SaturationDetector:
       It does not depend on the level or jitter of ω (nor on any increasing transformation of it), so one
       threshold works for any model size and interval length, and a single outlier cannot fake a level-off.
       Arming stops the test from firing on the jitter of the first decisions (ω often dips before it rises).
-      After each drop the values and the arming are cleared (:attr:`resets_on_drop`): positions straddling a
-      drop (and the weighted average loaded there) make ω spike, and the test restarts on the new LR's curve.
+      After each drop the values are cleared (:attr:`resets_on_drop`): positions straddling a drop (and the
+      weighted average loaded there) make ω spike, and the test restarts on the new LR's curve. The arming is
+      cleared too only with ``rearm_after_drop=True``; by default the rise is needed before the first drop only.
     * ``"reference"``: the paper's rule (Teng, Wang & Choromanska): saturated when two consecutive ω differ by less
       than ``threshold`` degrees (θ); after each drop θ grows to ``min(θ / drop_factor, max_theta)`` with
       ``auto_theta``. Nothing is reset at a drop, as in the reference code.
@@ -132,6 +133,9 @@ class SaturationDetector:
         auto_theta: ``"reference"``: grow θ by ``1 / drop_factor`` after each drop.
         max_theta: ``"reference"``: cap on the growing θ (``None``: no cap).
         max_drops: Stop detecting after this many drops (``None``: no limit).
+        rearm_after_drop: ``"trend"``: after a drop, ω must again be seen rising (``z > threshold``) before the
+            test can fire. ``False`` (default): only the first drop needs the rise (the test is armed from the start
+            of every later cycle; the window is still cleared).
 
     Example::
 
@@ -148,6 +152,7 @@ class SaturationDetector:
     auto_theta: bool = True
     max_theta: float | None = None
     max_drops: int | None = None
+    rearm_after_drop: bool = False
     values: list[float] = field(default_factory=list)  # ω since the last reset (trend) / the last two (reference)
     armed: bool = False  # trend: a significant rise was seen since the last reset
     detected: bool = False
@@ -219,7 +224,7 @@ class SaturationDetector:
                 self.threshold = min(self.threshold, self.max_theta)
         if self.resets_on_drop:
             self.values.clear()
-            self.armed = False
+            self.armed = not self.rearm_after_drop
         self.drops += 1
         self.detected = False
         self.snapshots_since_detection = 0

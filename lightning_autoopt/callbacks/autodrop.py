@@ -26,6 +26,8 @@ _NEVER = 1 << 62  # "no action scheduled" as an int, so the per-step check stays
 _REFUSED_SCHEDULERS = (OneCycleLR, ReduceLROnPlateau, CyclicLR)
 #: ``interval="auto"`` when the training budget is unknown or infinite: optimizer steps per decision.
 AUTO_FALLBACK_INTERVAL = 100
+#: ``drop_factor=None``: the LR multiplier per drop for each saturation test (the reference mode keeps the paper's).
+DEFAULT_DROP_FACTOR = {"trend": 0.5, "reference": 0.2}
 _HISTORY_KEYS = ("step", "epoch", "omega", "statistic", "threshold", "lr", "drops")
 
 
@@ -47,9 +49,12 @@ class AutoDrop(Callback):
       been seen rising (``z > trend_threshold``), it is saturated as soon as the trend is no longer significant
       (``|z| < trend_threshold``): "rises, then levels off", read with a statistic that depends only on the order
       of the values, so it does not depend on the level or jitter of ω, the number of parameters or the steps per
-      interval, and one outlier cannot fake a level-off. After each drop the positions, the ω window and the
-      arming are cleared (ω spikes across a drop and after loading the average) and the test starts again on the
-      new LR's curve.
+      interval, and one outlier cannot fake a level-off. After each drop the positions and the ω window are
+      cleared (ω spikes across a drop and after loading the average) and the test starts again on the new LR's
+      curve: the next drop comes once ``window`` fresh angles show no significant trend. The rise is required
+      before the first drop only (``rearm_after_drop=False``): it guards against the dip of ω early in training,
+      and after a drop ω is often level from the start, so waiting for a new rise delayed or blocked later drops.
+      Each drop multiplies the LR by 0.5 (``drop_factor``).
     * ``"reference"``: the paper's rule, ``|ω_e − ω_{e−1}| < theta`` degrees, with ``theta`` growing by
       ``1 / drop_factor`` after each drop up to ``max_theta`` (``auto_theta``), nothing reset at a drop (Teng, Wang
       & Choromanska, arXiv 2111.15317, reference scripts: θ 0.01°, cap 1°, drop 0.2, floor 1e-4, extra 20 epochs).
@@ -100,7 +105,12 @@ class AutoDrop(Callback):
         trend_threshold: Trend test: ω is rising while the Mann–Kendall ``z`` is above this and saturated when
             ``|z|`` falls below it afterwards (2 ≈ a trend significant at about 95 %).
         decisions_per_run: ``interval="auto"``: decisions in the whole training budget.
-        drop_factor: LR multiplier at each drop, in ``(0, 1)``.
+        rearm_after_drop: Trend test: after a drop, ω must again be seen rising (``z > trend_threshold``) before the
+            test can fire. ``False`` (default): only the first drop needs the rise (it guards against the early dip
+            of ω at the start of training); the window is still cleared at every drop, so a later drop needs
+            ``window`` fresh angles without a significant trend.
+        drop_factor: LR multiplier at each drop, in ``(0, 1)``. ``None`` (default): 0.5 with the trend test (gentle
+            steps, more of them), 0.2 with ``saturation="reference"`` (the paper's).
         min_lr: LR floor; a drop never takes a group below it (``0``, the default, disables the floor; the reference
             scripts used ``1e-4``).
         theta: Reference test: threshold on ``|Δω|`` in degrees (the reference scripts' 0.01).
@@ -141,7 +151,8 @@ class AutoDrop(Callback):
         window: int = 10,
         trend_threshold: float = 2.0,
         decisions_per_run: int = 70,
-        drop_factor: float = 0.2,
+        rearm_after_drop: bool = False,
+        drop_factor: float | None = None,
         min_lr: float = 0.0,
         theta: float = 0.01,
         auto_theta: bool = True,
@@ -172,8 +183,12 @@ class AutoDrop(Callback):
             )
         if isinstance(decisions_per_run, bool) or not isinstance(decisions_per_run, int) or decisions_per_run < 1:
             raise ValueError(f"AutoDrop: `decisions_per_run` must be an int >= 1, e.g. 100, got {decisions_per_run!r}.")
-        if not (isinstance(drop_factor, (int, float)) and 0.0 < drop_factor < 1.0):
-            raise ValueError(f"AutoDrop: `drop_factor` must be in (0, 1), e.g. 0.2, got {drop_factor!r}.")
+        if not isinstance(rearm_after_drop, bool):
+            raise ValueError(f"AutoDrop: `rearm_after_drop` must be True or False, got {rearm_after_drop!r}.")
+        if drop_factor is None:
+            drop_factor = DEFAULT_DROP_FACTOR[saturation]
+        if isinstance(drop_factor, bool) or not (isinstance(drop_factor, (int, float)) and 0.0 < drop_factor < 1.0):
+            raise ValueError(f"AutoDrop: `drop_factor` must be None or in (0, 1), e.g. 0.5, got {drop_factor!r}.")
         if not (isinstance(min_lr, (int, float)) and math.isfinite(min_lr) and min_lr >= 0):
             raise ValueError(f"AutoDrop: `min_lr` must be >= 0 (0 disables the floor), got {min_lr!r}.")
         if not (isinstance(theta, (int, float)) and math.isfinite(theta) and theta > 0):
@@ -216,6 +231,7 @@ class AutoDrop(Callback):
             # a cap below the starting θ (e.g. theta=2 with the default cap 1.0) is raised to θ: θ then stays fixed
             max_theta=None if max_theta is None else max(float(max_theta), float(theta)),
             max_drops=max_drops,
+            rearm_after_drop=rearm_after_drop,
         )
         # Run-time state (all of it is in state_dict).
         self._every: int | None = interval if isinstance(interval, int) else None  # steps per decision; None: epoch

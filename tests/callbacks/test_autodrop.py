@@ -19,7 +19,7 @@ from lightning_autoopt._flat import add_weighted_ as weighted_average_update_
 from lightning_autoopt._flat import all_finite
 from lightning_autoopt.callbacks import AutoDrop
 from lightning_autoopt.callbacks._angles import angular_velocity, linear_weight_total
-from lightning_autoopt.callbacks._saturation import SaturationDetector, is_saturated_reference
+from lightning_autoopt.callbacks._saturation import SaturationDetector, is_saturated_reference, mann_kendall_z
 from tests.helpers import TinyClassifier, TinyDataModule, flat_params
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -336,6 +336,7 @@ def test_refuses_schedulers_that_set_the_lr(tmp_path: Path, scheduler: str) -> N
         ({"trend_threshold": 0.0}, "trend_threshold"),
         ({"trend_threshold": float("inf")}, "trend_threshold"),
         ({"decisions_per_run": 0}, "decisions_per_run"),
+        ({"rearm_after_drop": "no"}, "rearm_after_drop"),
         ({"theta": 0.0}, "theta"),
         ({"theta": float("nan")}, "theta"),
         ({"patience": -1}, "patience"),
@@ -604,8 +605,9 @@ def test_trend_detector_needs_a_rise_first_and_resets_after_a_drop() -> None:
     falling = _saturating(100, knee=100, rise=-200.0, seed=8)  # ω that only falls never arms the test
     det = SaturationDetector(window=10, patience=2)
     assert all(det.update(w)[0] == "none" for w in falling) and not det.armed
-    # rise then flat, twice: the window and the arming are cleared at the drop, the second cycle starts afresh
-    det = SaturationDetector(window=10, patience=2)
+    # rise then flat, twice: with rearm_after_drop the window and the arming are cleared at the drop, and the second
+    # cycle starts afresh (the default clears the window only: test_rearm_after_drop_...)
+    det = SaturationDetector(window=10, patience=2, rearm_after_drop=True)
     cycle = _saturating(40, knee=15, noise=1.0, seed=9)
     first = []
     for w in cycle:
@@ -619,6 +621,33 @@ def test_trend_detector_needs_a_rise_first_and_resets_after_a_drop() -> None:
     # reference mode keeps its window across a drop, as the paper's code does
     ref = SaturationDetector(saturation="reference", threshold=100.0, patience=0)
     assert [ref.update(w)[0] for w in (10.0, 11.0, 12.0)] == ["none", "drop", "drop"]
+
+
+def test_rearm_after_drop_decides_whether_a_level_omega_after_a_drop_can_fire() -> None:
+    cycle = _saturating(40, knee=15, noise=1.0, seed=9)
+    level = _saturating(60, knee=1, rise=0.0, noise=3.0, seed=11)  # flat from the start: no rise to arm on
+    assert abs(mann_kendall_z(level[:10])) < 2.0  # saturated at the first test after the reset
+    actions = {}
+    for rearm in (True, False):
+        det = SaturationDetector(window=10, patience=2, rearm_after_drop=rearm)
+        for w in cycle:
+            if det.update(w)[0] == "drop":
+                break
+        assert det.drops == 1 and det.values == []  # the window is cleared either way
+        assert det.armed is (not rearm)
+        actions[rearm] = [det.update(w)[0] for w in level]
+    # re-armed: a level ω shows no rise, so the test waits until the jitter happens to look like one
+    assert actions[True][:20] == ["none"] * 20
+    # armed once: the first test after the reset (10 angles) fires, the drop follows after patience 2
+    assert actions[False][:12] == ["none"] * 9 + ["snapshot", "snapshot", "drop"]
+    # a rise after the drop still holds the test back until it levels off, armed or not
+    det = SaturationDetector(window=10, patience=0, rearm_after_drop=False)
+    for w in cycle:
+        if det.update(w)[0] == "drop":
+            break
+    rising = _saturating(60, knee=40, rise=120.0, noise=1.0, seed=12)
+    first = [det.update(w)[0] for w in rising].index("drop")
+    assert first >= 30  # not before the rise (3 degrees per decision, jitter 1) has flattened
 
 
 def test_trend_mode_resets_positions_after_a_drop(tmp_path: Path) -> None:
