@@ -305,7 +305,7 @@ def test_round_history_records_every_round_and_survives_the_checkpoint(pool, tmp
 
     res = run_on_pool(pool, WORLD, _lsgd_history)
     histories = []
-    for rank, (hist, restored) in enumerate(res):
+    for hist, restored in res:
         assert repr(restored) == repr(hist)  # NaN-aware equality
         assert hist["step"] == [1.0, 2.0] and hist["round"] == [1.0, 2.0] and hist["offered"] == 2
         assert hist["leader"] == [1.0, 0.0]  # the lowest loss of each round
