@@ -149,3 +149,19 @@ def check_no_ddp_options(owner: str, options: dict[str, Any]) -> None:
         listed = ", ".join(f"`{k}`" for k in unknown)
         parts.append(f"{owner} has no argument {listed}: check the spelling against its documented arguments")
     raise ValueError("; ".join(parts) + ".")
+
+
+def check_overlap(overlap: Any, local_period: Any = None) -> bool:
+    """Validate ``overlap`` (a bool; overlapped rounds are world rounds only, so no ``local_period``).
+
+    Raises:
+        ValueError: If ``overlap`` is not a bool, or is ``True`` together with a ``local_period``.
+    """
+    if not isinstance(overlap, bool):
+        raise ValueError(f"`overlap` must be True or False, got {overlap!r}.")
+    if overlap and local_period is not None:
+        raise ValueError(
+            "`overlap=True` overlaps the global rounds only; drop `local_period` (group rounds stay synchronous "
+            "and would reorder with the average in flight)."
+        )
+    return overlap

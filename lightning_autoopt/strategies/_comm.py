@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import atexit
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -339,3 +339,90 @@ def release_default_group(barrier: bool) -> bool:
 
 def _release_at_exit() -> None:
     release_default_group(barrier=bool(_OWNED["clean"]))
+
+
+class PendingMaskedSum:
+    """A :func:`masked_all_reduce` launched asynchronously (``async_op=True``) and read one round later.
+
+    ``launch`` packs the buffer exactly as :func:`masked_all_reduce` does and starts the all-reduce on ``group``
+    (give overlapped rounds their own process group, so that the small blocking collectives issued while it is in
+    flight do not queue behind it); ``take`` waits for it and returns what :func:`masked_all_reduce` returns, plus
+    the snapshot it was launched with. ``state_dict`` waits too and keeps the snapshot and the summed buffer, so a
+    checkpoint written while a sum is in flight resumes to the same numbers.
+
+    Example::
+
+        pending = PendingMaskedSum()
+        sent = pending.launch(flat, include=True, extra=[0.0], group=round_group)
+        ...  # local steps
+        snapshot, summed, count, extra = pending.take()
+    """
+
+    def __init__(self) -> None:
+        self.snapshot: Tensor | None = None
+        self.buffer: Tensor | None = None
+        self._work: Any = None
+
+    @property
+    def pending(self) -> bool:
+        """Whether a sum was launched (or restored) and not taken yet."""
+        return self.snapshot is not None
+
+    def launch(self, flat: Tensor, include: bool, extra: Sequence[float] = (), group: Any = None) -> int:
+        """Start the masked sum of ``flat`` (kept as the snapshot; not modified). Returns the bytes sent."""
+        if self.pending:
+            raise RuntimeError("a masked sum is already in flight; take() it first.")
+        n = flat.numel()
+        buf = torch.zeros(n + 1 + len(extra), dtype=flat.dtype, device=flat.device)
+        if include:
+            buf[:n].copy_(flat)
+            buf[n] = 1.0
+        if extra:
+            buf[n + 1 :] = torch.tensor([float(v) for v in extra], dtype=flat.dtype)
+        self._work = dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=group, async_op=True)
+        self.snapshot, self.buffer = flat, buf
+        return nbytes(buf)
+
+    def wait(self) -> None:
+        """Block until the in-flight sum (if any) is done."""
+        if self._work is not None:
+            work, self._work = self._work, None
+            work.wait()
+
+    def take(self) -> tuple[Tensor, Tensor, int, Tensor]:
+        """Wait, then ``(snapshot, sum, count, extra_sum)``; the helper is empty afterwards.
+
+        Raises:
+            RuntimeError: If nothing is pending.
+        """
+        if self.snapshot is None or self.buffer is None:
+            raise RuntimeError("no masked sum is pending.")
+        self.wait()
+        snapshot, buf = self.snapshot, self.buffer
+        self.snapshot = self.buffer = None
+        n = snapshot.numel()
+        tail = buf[n:].to("cpu", torch.float64)
+        return snapshot, buf[:n], int(round(float(tail[0]))), tail[1:]
+
+    def abandon(self) -> None:
+        """Forget the pending sum without waiting (after a failure; the group is destroyed next)."""
+        self.snapshot = self.buffer = self._work = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{}`` when nothing is pending, else the snapshot and the summed buffer (waits for the sum)."""
+        if not self.pending:
+            return {}
+        self.wait()
+        return {"snapshot": self.snapshot, "buffer": self.buffer}
+
+    def load_state_dict(self, state: Mapping[str, Any], device: Any = None) -> None:
+        """Restore :meth:`state_dict` (tensors moved to ``device``)."""
+        self.abandon()
+        if state.get("snapshot") is not None and state.get("buffer") is not None:
+            self.snapshot = state["snapshot"].to(device) if device is not None else state["snapshot"]
+            self.buffer = state["buffer"].to(device) if device is not None else state["buffer"]
+
+
+def new_world_group() -> Any:
+    """A second process group over every rank (a collective: call it on every rank, in the same order)."""
+    return dist.new_group(ranks=list(range(dist.get_world_size())))

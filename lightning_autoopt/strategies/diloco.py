@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from lightning_autoopt.strategies._checks import check_period
+from lightning_autoopt.strategies._checks import check_overlap, check_period
 from lightning_autoopt.strategies._registry import register_strategy
 from lightning_autoopt.strategies.local_update import LocalUpdateStrategy
 
@@ -72,7 +72,11 @@ class DiLoCoStrategy(LocalUpdateStrategy):
         eval_policy: ``"global"`` (default: ``theta`` plus averaged floating buffers; the model the paper
             evaluates), ``"average"`` (current mean of the replicas), ``"leader"`` (rank 0) or ``"local"``.
         consensus_every: See :class:`LocalUpdateStrategy`; off by default here because it costs a scalar
-            all-reduce per round (the mean itself is computed anyway).
+            all-reduce per round (the mean itself is computed anyway); not logged with ``overlap=True``.
+        overlap: Overlap each round with the next ``period`` inner steps (streaming DiLoCo's overlapped outer step,
+            Douillard et al. 2025, with a delay of one period): the replicas' average at step ``t`` is launched
+            asynchronously on its own process group; at ``t + period`` the outer step is taken from it and every
+            replica moves by ``theta' - x_t`` (keeping the inner steps it took meanwhile). Default ``False``.
         **kwargs: Forwarded to :class:`LocalUpdateStrategy` / ``DDPStrategy``.
 
     Raises:
@@ -97,9 +101,11 @@ class DiLoCoStrategy(LocalUpdateStrategy):
         buffer_policy: str = "local",
         eval_policy: str = "global",
         consensus_every: int = 0,
+        overlap: bool = False,
         **kwargs: Any,
     ) -> None:
         self.period = check_period("period", period)
+        self.overlap = check_overlap(overlap)
         if isinstance(outer_lr, bool) or not isinstance(outer_lr, (int, float)) or not math.isfinite(outer_lr):
             raise ValueError(f"`outer_lr` must be a finite number > 0 (paper: 0.7), got {outer_lr!r}.")
         if outer_lr <= 0:
@@ -127,26 +133,44 @@ class DiLoCoStrategy(LocalUpdateStrategy):
             self.momentum_buffer = torch.zeros_like(self.global_params)
         self.global_params = self.global_params.to(self.root_device)
         self.momentum_buffer = self.momentum_buffer.to(self.root_device)
+        if self.overlap:
+            self.setup_overlap_group()
 
     def round_due(self, step: int) -> bool:
         return step % self.period == 0
 
     def on_round(self, step: int) -> None:
-        assert self.global_params is not None and self.momentum_buffer is not None
+        if self.overlap:
+            self.finish_rounds()
+            self.launch_overlapped_mean(self.flat_params())
+            self.average_buffers()
+            return
         flat = self.flat_params()
         mean = self.masked_mean(flat)  # of the finite replicas; raises on every rank when there is none
         assert mean is not None
         if self.consensus_due():
             self.log_consensus(flat, mean)
-        pseudo_grad = self.global_params - mean
-        step_vec = outer_nesterov_step_(
-            self.global_params, self.momentum_buffer, pseudo_grad, self.outer_lr, self.outer_momentum, self.nesterov
-        )
+        self._outer_step(mean)
         if self.replica_finite:
             self.write_params(self.global_params)
         else:  # every replica restarts from theta anyway; a healed one also loses its inner optimizer state
             self.heal_(self.global_params)
         self.average_buffers()
+
+    def finish_rounds(self) -> None:
+        done = self.take_overlapped_mean()
+        if done is not None:
+            snapshot, mean = done
+            self._outer_step(mean)
+            assert self.global_params is not None
+            self.apply_overlapped(snapshot, self.global_params)
+
+    def _outer_step(self, mean: Tensor) -> None:
+        assert self.global_params is not None and self.momentum_buffer is not None
+        pseudo_grad = self.global_params - mean
+        step_vec = outer_nesterov_step_(
+            self.global_params, self.momentum_buffer, pseudo_grad, self.outer_lr, self.outer_momentum, self.nesterov
+        )
         self.log_value("diloco/pseudo_grad_norm", float(pseudo_grad.norm()))
         self.log_value("diloco/outer_step_norm", float(step_vec.norm()))
         self.log_value("diloco/momentum_norm", float(self.momentum_buffer.norm()))

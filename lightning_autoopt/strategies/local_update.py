@@ -200,6 +200,8 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
         self._round_bytes = 0
         self._pending_logs: dict[str, float] = {}
         self.round_losses: list[float] | None = None  # every rank's loss (leader metric) gathered this round
+        self._pending_mean = _comm.PendingMaskedSum()  # overlapped rounds: the average in flight
+        self._overlap_group: Any = None
         self._round_consensus = math.nan
         self._closure_output: Any = None
         self._loss_recorded = False
@@ -307,6 +309,64 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
     def note_nonfinite(self) -> None:
         """Count one NaN/inf loss or gradient in ``nonfinite_events`` (summed over the ranks at the next round)."""
         self.nonfinite_events += 1
+
+    def finish_rounds(self) -> None:
+        """Apply what is still in flight when training ends (overlapped rounds); called by ``on_train_end``."""
+
+    # ------------------------------------------------------------------ overlapped averages
+    def setup_overlap_group(self) -> None:
+        """Create the process group overlapped averages run on (a collective: from :meth:`setup_round_state`).
+
+        A second group over every rank, so the blocking collectives issued while an average is in flight (loss
+        gathers, health checks, the evaluation policy, Lightning's own) do not queue behind it. Destroyed at
+        ``teardown``.
+        """
+        self._destroy_overlap_group()
+        self._overlap_group = _comm.new_world_group()
+
+    def _destroy_overlap_group(self) -> None:
+        if self._overlap_group is not None:
+            _comm.destroy_group(self._overlap_group)
+        self._overlap_group = None
+
+    def launch_overlapped_mean(self, flat: Tensor) -> None:
+        """Start the world's masked sum of ``flat`` (this replica now) on the overlap group without waiting.
+
+        The bytes are counted in this round; the health tail travels with the data (masked as in
+        :meth:`masked_mean`). Heals happen when the result is read, so none is counted in advance.
+        """
+        tail = self.health_tail(True, dtype=flat.dtype, heal_follows=False)
+        group = self._overlap_group
+        self.count_bytes(self._pending_mean.launch(flat, self.replica_finite, tail[1:].tolist(), group))
+
+    def take_overlapped_mean(self) -> tuple[Tensor, Tensor] | None:
+        """Wait for the last :meth:`launch_overlapped_mean`: ``(snapshot, mean of the finite snapshots)``.
+
+        Returns:
+            ``None`` when nothing is in flight (the first round).
+
+        Raises:
+            NonFiniteReplicasError: When no snapshot was finite at launch (on every rank alike).
+        """
+        if not self._pending_mean.pending:
+            return None
+        snapshot, summed, count, extra = self._pending_mean.take()
+        self.read_health(torch.cat([torch.tensor([float(count)], dtype=torch.float64), extra]))
+        device = self.root_device
+        return snapshot.to(device), summed.div_(count).to(device)
+
+    def apply_overlapped(self, snapshot: Tensor, target: Tensor) -> None:
+        """``x <- x + (target - snapshot)``: the round's update, moved onto the steps taken since its launch.
+
+        A replica that is non-finite now, or was at launch, is healed to ``target`` instead.
+        """
+        if self.replica_finite and _flat.all_finite(snapshot):
+            flat = self.flat_params()
+            flat.add_(target - snapshot)
+            self.write_params(flat)
+        else:
+            self.heal_(target)
+            self.replica_finite = True
 
     # ------------------------------------------------------------------ non-finite isolation
     def check_replica(self) -> bool:
@@ -794,7 +854,9 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
 
     @override
     def on_train_end(self) -> None:
-        """Heal non-finite replicas (:meth:`heal_now`), then leave the policy weights in every rank's module."""
+        """Apply rounds in flight, heal non-finite replicas (:meth:`heal_now`), then leave the policy weights."""
+        if self._groups_ready and _comm.dist_ready():
+            self.finish_rounds()
         self.heal_now()
         super().on_train_end()
 
@@ -810,6 +872,8 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
         try:
             super().teardown()
         finally:
+            self._pending_mean.abandon()
+            self._destroy_overlap_group()
             self._destroy_subgroups()
             if failed:  # the others may never arrive: no barrier; closing our connections releases them
                 _comm.release_default_group(barrier=False)
@@ -843,6 +907,7 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
                 # run logs them at the same step as an uninterrupted one
                 "pending_logs": dict(self._pending_logs),
                 "history": self._history.as_dict(),
+                "pending_mean": self._pending_mean.state_dict(),  # an overlapped average in flight (waits for it)
                 "extra": self.extra_state_dict(),
             }
         )
@@ -874,6 +939,7 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
         self._pending_logs = {str(k): float(v) for k, v in state.get("pending_logs", {}).items()}
         self._history = BoundedHistory(HISTORY_KEYS)
         self._history.load(state.get("history", {}))
+        self._pending_mean.load_state_dict(state.get("pending_mean", {}))
         self.leader = state["leader"]
         extra = state.get("extra", {})
         # checkpoints written before the window moved into the base kept it in the method's extra state
