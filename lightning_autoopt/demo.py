@@ -106,7 +106,8 @@ def explain_drops(history: dict, budget: float) -> list[str]:
         thr = history["threshold"][i] if i is not None else float("nan")
         lr = history["lr"][j] if j is not None else float("nan")
         why = (
-            f"trend z of the last angles fell to {stat:+.2f} (|z| < {thr:g}) after rising"
+            f"trend z of the last angles fell to {stat:+.2f} (|z| < {thr:g}) "
+            + ("after rising" if k == 0 else "at the new LR")
             if test == "trend"
             else f"|Δω| = {stat:.3g}° < θ = {thr:.3g}°"
         )
