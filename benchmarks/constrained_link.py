@@ -30,8 +30,8 @@ Methods (``--methods``; period ``P`` = ``--period``, consensus diagnostic off ev
 ``easgd`` (β 0.43), ``lsgd`` (λ 0.5), ``lsgd-ml`` (multi-leader: one group per host, local period P/4; multi-host
 settings only), ``mgrawa``/``lgrawa`` (λ 0.5), ``dpsgd`` (ring), ``aldsgd`` (ring <-> random ring), ``diloco``
 (Nesterov outer lr 0.7, μ 0.9), all at period P; ``localsgd-overlap`` and ``diloco-overlap`` (``overlap=True``: the
-round's average runs asynchronously and is applied one period later). Opt-in: ``dpsgd-defaults``/``aldsgd-defaults`` (constructor
-defaults: period 4, diagnostic off).
+round's average runs asynchronously and is applied one period later). Opt-in: ``dpsgd-defaults``/``aldsgd-defaults``
+(constructor defaults: period 4, diagnostic off).
 
 Output (``--out-dir``, default ``benchmarks/out/constrained_link``): ``<setting>.jsonl`` (one line per run, written as
 it finishes; ``--resume`` skips the runs already there), ``constrained_link.json`` (runs + summary),

@@ -151,6 +151,7 @@ class DiLoCoStrategy(LocalUpdateStrategy):
         if self.consensus_due():
             self.log_consensus(flat, mean)
         self._outer_step(mean)
+        assert self.global_params is not None
         if self.replica_finite:
             self.write_params(self.global_params)
         else:  # every replica restarts from theta anyway; a healed one also loses its inner optimizer state
