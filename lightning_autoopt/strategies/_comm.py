@@ -86,15 +86,22 @@ def masked_all_reduce(
         mean = summed / count if count else None  # the mean of the finite replicas
     """
     n = flat.numel()
+    buf = _pack_masked(flat, include, extra)
+    sent = all_reduce_sum_(buf, group=group)
+    tail = buf[n:].to("cpu", torch.float64)
+    return buf[:n], int(round(float(tail[0]))), tail[1:], sent
+
+
+def _pack_masked(flat: Tensor, include: bool, extra: Sequence[float]) -> Tensor:
+    """``[flat or zeros, 1 or 0, *extra]`` in one new buffer: what :func:`masked_all_reduce` sums."""
+    n = flat.numel()
     buf = torch.zeros(n + 1 + len(extra), dtype=flat.dtype, device=flat.device)
     if include:
         buf[:n].copy_(flat)
         buf[n] = 1.0
     if extra:
         buf[n + 1 :] = torch.tensor([float(v) for v in extra], dtype=flat.dtype)
-    sent = all_reduce_sum_(buf, group=group)
-    tail = buf[n:].to("cpu", torch.float64)
-    return buf[:n], int(round(float(tail[0]))), tail[1:], sent
+    return buf
 
 
 def all_reduce_mean_(flat: Tensor, group: Any = None) -> int:
@@ -372,13 +379,7 @@ class PendingMaskedSum:
         """Start the masked sum of ``flat`` (kept as the snapshot; not modified). Returns the bytes sent."""
         if self.pending:
             raise RuntimeError("a masked sum is already in flight; take() it first.")
-        n = flat.numel()
-        buf = torch.zeros(n + 1 + len(extra), dtype=flat.dtype, device=flat.device)
-        if include:
-            buf[:n].copy_(flat)
-            buf[n] = 1.0
-        if extra:
-            buf[n + 1 :] = torch.tensor([float(v) for v in extra], dtype=flat.dtype)
+        buf = _pack_masked(flat, include, extra)
         self._work = dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=group, async_op=True)
         self.snapshot, self.buffer = flat, buf
         return nbytes(buf)
