@@ -4,7 +4,9 @@ A *run* is one ``(setting, method, seed)`` training run: ``{"setting", "method",
 where every curve point is one epoch: ``epoch``, ``steps``, ``rounds``, ``seconds`` (that epoch's training wall time,
 slowest rank, evaluation excluded), ``acc`` (test accuracy of the policy weights, 0-1), ``self_bytes_sum`` (the
 strategies' own ``bytes_sent_total`` summed over ranks, cumulative), ``kernel_bytes`` (what the kernel counted on the
-shaped links during the timed epochs, cumulative).
+shaped links during the timed epochs, cumulative) and, in runs recorded since they exist, ``wire_bytes_sum`` (the
+strategies' ``wire_bytes_total`` summed over ranks) and ``kernel_all_bytes`` (every interface: on several hosts the
+link plus each host's loopback; one host: the link).
 
 Time to target, per setting: the target is DDP's final accuracy (mean over seeds) minus ``margin`` points; a method's
 curve is the mean over its seeds, epoch by epoch (accuracy, cumulative wall time, bytes); its time to target is the
@@ -60,6 +62,13 @@ def mean_curve(runs: Sequence[Run]) -> list[dict[str, float]]:
     return out
 
 
+def _mean_of(points: Sequence[dict[str, Any]], key: str) -> float:
+    """The mean of ``key`` over ``points``; NaN when a point lacks it (runs recorded before it existed)."""
+    if any(key not in p for p in points):
+        return math.nan
+    return statistics.mean(float(p[key]) for p in points)
+
+
 def time_to_target(curve: Sequence[dict[str, float]], target: float) -> tuple[int, float] | None:
     """``(epoch, time)`` of the first point of a :func:`mean_curve` whose ``acc`` reaches ``target``, else ``None``."""
     for point in curve:
@@ -85,11 +94,20 @@ class MethodSummary:
     kernel_bytes: float
     rounds: float
     steps: float
+    wire_bytes_sum: float = math.nan
+    kernel_all_bytes: float = math.nan
 
     @property
     def kernel_over_self(self) -> float:
         """Kernel-counted bytes per self-counted byte (NaN when nothing was self-counted)."""
         return self.kernel_bytes / self.self_bytes_sum if self.self_bytes_sum > 0 else math.nan
+
+    @property
+    def kernel_over_wire(self) -> float:
+        """Every interface's kernel-counted bytes per self-counted wire byte (NaN without wire counts)."""
+        if math.isnan(self.wire_bytes_sum) or self.wire_bytes_sum <= 0:
+            return math.nan
+        return self.kernel_all_bytes / self.wire_bytes_sum
 
 
 def ddp_target(runs: Sequence[Run], margin: float = 0.5) -> float | None:
@@ -108,6 +126,7 @@ def summarize_setting(runs: Sequence[Run], margin: float = 0.5) -> tuple[float |
         if not mine:
             continue
         curve = mean_curve(mine)
+        wired = [r["curve"][-1] for r in mine if "wire_bytes_sum" in r["curve"][-1]]
         finals = [100 * float(r["curve"][-1]["acc"]) for r in mine]
         reached = time_to_target(curve, target) if target is not None else None
         per_seed = 0
@@ -128,6 +147,9 @@ def summarize_setting(runs: Sequence[Run], margin: float = 0.5) -> tuple[float |
                 kernel_bytes=curve[-1]["kernel_bytes"],
                 rounds=curve[-1]["rounds"],
                 steps=curve[-1]["steps"],
+                # over the seeds whose runs hold wire counts (older records do not)
+                wire_bytes_sum=_mean_of(wired, "wire_bytes_sum") if wired else math.nan,
+                kernel_all_bytes=_mean_of(wired, "kernel_all_bytes") if wired else math.nan,
             )
         )
     return target, rows
@@ -148,19 +170,56 @@ def markdown_table(setting: str, target: float | None, rows: Sequence[MethodSumm
         head,
         "",
         "| method | final acc % (mean ± sd) | time to target (s) | ÷ DDP total | seeds reaching | total wall (s) | "
-        "÷ no-comm | rounds | self MB (Σ ranks) | kernel MB | kernel ÷ self |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "÷ no-comm | rounds | self MB (Σ ranks) | kernel MB | kernel ÷ self | kernel (all) ÷ wire |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ratio = "–" if r.target_time is None or ddp is None else f"{r.target_time / ddp.total_time:.3f}"
         vs_nocomm = "–" if nocomm is None else f"{r.total_time / nocomm.total_time:.2f}"
-        ks = r.kernel_over_self
+        ks, kw = r.kernel_over_self, r.kernel_over_wire
         lines.append(
             f"| {r.label} | {r.final_acc:.2f} ± {r.final_acc_sd:.2f} | {_seconds(r.target_time)}"
             f"{'' if r.target_epoch is None else f' (ep {r.target_epoch})'} | {ratio} | {r.seeds_reaching}/{r.seeds} | "
             f"{r.total_time:.1f} | {vs_nocomm} | {r.rounds:.0f} | {r.self_bytes_sum / 1e6:.1f} | "
-            f"{r.kernel_bytes / 1e6:.1f} | {'–' if math.isnan(ks) else f'{ks:.3f}'} |"
+            f"{r.kernel_bytes / 1e6:.1f} | {'–' if math.isnan(ks) else f'{ks:.3f}'} | "
+            f"{'–' if math.isnan(kw) else f'{kw:.3f}'} |"
         )
+    return "\n".join(lines)
+
+
+def ablation_table(runs: Sequence[Run], names: Sequence[str]) -> str:
+    """Final accuracy at equal epochs of the ablation rows ``names`` against their DDP reference, as markdown.
+
+    The reference is ``"ddp-bn"`` for the BatchNorm rows (``*-bn``, ``*-bn-re``) and ``"ddp"`` otherwise (same
+    setting, seeds and epochs). Columns: seeds, final accuracy (mean ± sd), its difference to the reference's mean
+    (points), self-counted bytes ÷ the reference's, and the final learning rate (mean; shows whether AutoDrop acted).
+    """
+    lines = [
+        "| method | seeds | final acc % (mean ± sd) | Δ vs DDP (points) | bytes ÷ DDP's | final LR |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def finals(name: str) -> list[dict[str, Any]]:
+        return [r["curve"][-1] for r in runs if r["method"] == name and r["curve"]]
+
+    for name in names:
+        mine = finals(name)
+        if not mine:
+            continue
+        ref_name = "ddp-bn" if name.endswith(("-bn", "-bn-re")) else "ddp"
+        ref = finals(ref_name)
+        accs = [100 * float(p["acc"]) for p in mine]
+        acc = statistics.mean(accs)
+        sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        delta = "–" if not ref else f"{acc - statistics.mean(100 * float(p['acc']) for p in ref):+.2f}"
+        ref_bytes = statistics.mean(float(p["self_bytes_sum"]) for p in ref) if ref else 0.0
+        ratio = (
+            "–" if ref_bytes <= 0 else f"{statistics.mean(float(p['self_bytes_sum']) for p in mine) / ref_bytes:.3f}"
+        )
+        lrs = [float(p["lr"]) for p in mine if "lr" in p]
+        lr = "–" if not lrs else f"{statistics.mean(lrs):.3g}"
+        label = next(str(r.get("label", name)) for r in runs if r["method"] == name)
+        lines.append(f"| {label} | {len(mine)} | {acc:.2f} ± {sd:.2f} | {delta} | {ratio} | {lr} |")
     return "\n".join(lines)
 
 

@@ -19,7 +19,10 @@ over the epoch budget, the same seeds (model init and data order) and epochs. Pe
 * self-counted bytes: ``strategy.bytes_sent_total`` summed over ranks (the ``dist/bytes_sent`` convention: a
   collective over ``n`` fp32 values counts ``4 n`` bytes per rank; DDP: one all-reduce of ``4 x params`` per step);
 * kernel-counted bytes: ``read_link_bytes()`` of the cluster (``tc -s qdisc``; one host: every loopback byte; two
-  hosts: both directions of the inter-host link) over the timed epochs only.
+  hosts: both directions of the inter-host link) over the timed epochs only; on several hosts also every interface
+  (the link plus each host's loopback, ``read_loopback_bytes()``);
+* wire bytes: the strategies' ``wire_bytes_total`` (``dist/wire_bytes_sent_total``: what gloo's algorithms put on
+  the network; DDP: a ring all-reduce of ``4 x params`` per step, ``2 (w - 1) / w`` of it per rank) summed over ranks.
 
 The links are shaped only while an epoch is timed: between epochs (evaluation, the start and end of every ``fit``)
 rank 0 raises the rate to ``--eval-rate`` (``tc qdisc change``, counters kept) so the untimed collectives do not
@@ -57,7 +60,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +131,48 @@ class Method:
     label: str
     multi_node_only: bool = False
     opt_in: bool = False
+    model: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the benchmark's ``Classifier`` arguments (an ablation's schedule or architecture)."""
+    autodrop: bool = False
+    """Train with :class:`~lightning_autoopt.callbacks.AutoDrop` at its defaults (constant LR otherwise)."""
+
+
+_CONSTANT = {"scheduler": None}
+_BN_MODEL = {"arch": "resnet", "width": 32, "depth": 1}
+
+
+def ablations(period: int) -> dict[str, Method]:
+    """Section 4's ablation rows (opt-in): the LR schedule, AutoDrop driving the drop, pull/period, BatchNorm.
+
+    * ``*-const``: no LR decay (the base LR throughout) instead of the shared cosine schedule;
+    * ``*-autodrop``: constant LR with :class:`~lightning_autoopt.callbacks.AutoDrop` (defaults) driving the drops;
+    * ``easgd-b0.9`` / ``easgd-p4``: EASGD with a stronger pull (β 0.9) or a shorter period (4);
+    * ``*-bn``: a ResNet with BatchNorm (``arch="resnet"``, width 32, one block per stage) instead of the CNN;
+      ``*-bn-re``: the same with ``bn_recompute_batches=8`` (the evaluated average's statistics re-estimated).
+    """
+    p, off = period, {"consensus_every": 0}
+    easgd, lsgd = {"period": p, "elastic_strength": 0.43, **off}, {"period": p, "pull_strength": 0.5, **off}
+    base = {
+        "ddp": ("ddp", {}, "DDP"),
+        "localsgd": ("LocalSGDStrategy", {"period": p, **off}, f"LocalSGD p={p}"),
+        "lsgd": ("LSGDStrategy", lsgd, f"LSGD p={p} λ=0.5"),
+        "easgd": ("EASGDStrategy", easgd, f"EASGD p={p} β=0.43"),
+    }
+    out: dict[str, Method] = {}
+    for name, (cls, kwargs, label) in base.items():
+        out[f"{name}-const"] = Method(cls, kwargs, f"{label}, constant LR", opt_in=True, model=_CONSTANT)
+        out[f"{name}-autodrop"] = Method(cls, kwargs, f"{label}, AutoDrop", opt_in=True, model=_CONSTANT, autodrop=True)
+    out["easgd-b0.9"] = Method("EASGDStrategy", {**easgd, "elastic_strength": 0.9}, f"EASGD p={p} β=0.9", opt_in=True)
+    out["easgd-p4"] = Method("EASGDStrategy", {**easgd, "period": 4}, "EASGD p=4 β=0.43", opt_in=True)
+    for name in ("ddp", "localsgd", "easgd"):
+        cls, kwargs, label = base[name]
+        out[f"{name}-bn"] = Method(cls, kwargs, f"{label}, ResNet-BN", opt_in=True, model=_BN_MODEL)
+        if name != "ddp":
+            out[f"{name}-bn-re"] = Method(
+                cls, {**kwargs, "bn_recompute_batches": 8}, f"{label}, ResNet-BN, BN re-estimated", opt_in=True,
+                model=_BN_MODEL,
+            )  # fmt: skip
+    return out
 
 
 def methods(period: int) -> dict[str, Method]:
@@ -160,6 +205,7 @@ def methods(period: int) -> dict[str, Method]:
         "diloco-overlap": Method("DiLoCoStrategy", {"period": p, "overlap": True, **off}, f"DiLoCo p={p}, overlapped"),
         "dpsgd-defaults": Method("DPSGDStrategy", {}, "D-PSGD (defaults)", opt_in=True),
         "aldsgd-defaults": Method("ALDSGDStrategy", {}, "AL-DSGD (defaults)", opt_in=True),
+        **ablations(p),
     }
 
 
@@ -262,10 +308,11 @@ def _worker(config_path: str, spec: str) -> None:  # noqa: C901 (one linear proc
     import torch.distributed as dist
 
     from benchmarks import _harness as H
-    from lightning_autoopt.cluster import read_link_bytes, set_link_rate
+    from lightning_autoopt.callbacks import AutoDrop
+    from lightning_autoopt.cluster import read_link_bytes, read_loopback_bytes, set_link_rate
     from lightning_autoopt.data import MNIST1DDataModule
     from lightning_autoopt.models import Classifier
-    from lightning_autoopt.strategies import LocalUpdateStrategy
+    from lightning_autoopt.strategies import LocalUpdateStrategy, _wire
 
     warnings.filterwarnings(
         "ignore", message=r".*(number of training batches|does not have many workers|treespec, LeafSpec).*"
@@ -289,8 +336,10 @@ def _worker(config_path: str, spec: str) -> None:  # noqa: C901 (one linear proc
         if not shaped and rank == 0:
             set_link_rate(args.eval_rate)
 
-    def kernel_sent() -> int:
-        return sum(v.sent for v in read_link_bytes().values())
+    def kernel_sent() -> tuple[int, int]:
+        """(shaped links, every interface the workers use: the links plus, on several hosts, each loopback)."""
+        links = sum(v.sent for v in read_link_bytes().values())
+        return links, links + (sum(read_loopback_bytes().values()) if setting.nodes > 1 else 0)
 
     class EpochProbe(pl.Callback):
         """Times each epoch between barriers with the link shaped; then (link fast) evaluates and gathers stats."""
@@ -299,7 +348,8 @@ def _worker(config_path: str, spec: str) -> None:  # noqa: C901 (one linear proc
             self.x, self.y, self.n_params = test_x, test_y, n_params
             self.rows: list[dict[str, Any]] = []
             self.kernel = 0
-            self.k0 = 0
+            self.kernel_all = 0
+            self.k0 = (0, 0)
             self.t0 = 0.0
 
         def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -315,7 +365,9 @@ def _worker(config_path: str, spec: str) -> None:  # noqa: C901 (one linear proc
             seconds = time.perf_counter() - self.t0
             dist.barrier()
             if rank == 0:
-                self.kernel += kernel_sent() - self.k0
+                k1 = kernel_sent()
+                self.kernel += k1[0] - self.k0[0]
+                self.kernel_all += k1[1] - self.k0[1]
             fast()
             dist.barrier()
             strategy = trainer.strategy
@@ -323,11 +375,18 @@ def _worker(config_path: str, spec: str) -> None:  # noqa: C901 (one linear proc
                 assert strategy.eval_policy != "local", "sharded evaluation needs identical weights on every rank"
                 with strategy.policy_weights():  # a collective: every rank
                     acc = H.sharded_accuracy(pl_module, self.x, self.y, rank, world)
-                mine = [strategy.bytes_sent_total, strategy.diagnostic_bytes_total, strategy.num_rounds]
+                mine = [
+                    strategy.bytes_sent_total,
+                    strategy.diagnostic_bytes_total,
+                    strategy.num_rounds,
+                    strategy.wire_bytes_total,
+                ]
             else:  # DDP: one all-reduce of the fp32 gradients per step (the dist/bytes_sent convention)
                 acc = H.sharded_accuracy(pl_module, self.x, self.y, rank, world)
-                mine = [4 * self.n_params * trainer.global_step, 0, trainer.global_step]
-            gathered = [torch.zeros(4, dtype=torch.float64) for _ in range(world)]
+                payload = 4 * self.n_params * trainer.global_step
+                wire = _wire.rank_wire_bytes("all_reduce", payload, world, rank)  # gloo's ring
+                mine = [payload, 0, trainer.global_step, wire]
+            gathered = [torch.zeros(5, dtype=torch.float64) for _ in range(world)]
             dist.all_gather(gathered, torch.tensor([seconds, *mine], dtype=torch.float64))
             table = torch.stack(gathered)
             self.rows.append(
@@ -338,10 +397,13 @@ def _worker(config_path: str, spec: str) -> None:  # noqa: C901 (one linear proc
                     "seconds": float(table[:, 0].max()),
                     "seconds_per_rank": table[:, 0].tolist(),
                     "acc": acc,
+                    "lr": float(trainer.optimizers[0].param_groups[0]["lr"]),
                     "self_bytes_rank0": int(table[0, 1]),
                     "self_bytes_sum": int(table[:, 1].sum()),
                     "diag_bytes_sum": int(table[:, 2].sum()),
+                    "wire_bytes_sum": float(table[:, 4].sum()),
                     "kernel_bytes": self.kernel,
+                    "kernel_all_bytes": self.kernel_all,
                 }
             )
 
@@ -350,9 +412,10 @@ def _worker(config_path: str, spec: str) -> None:  # noqa: C901 (one linear proc
             batch_size=args.batch_size, num_samples=args.num_samples, seed=0, cache_dir=args.cache_dir
         )
 
-    def model() -> Classifier:
-        return Classifier(arch=args.arch, width=args.width, lr=args.lr, momentum=0.9, weight_decay=5e-4,
-                          scheduler=None if args.scheduler == "none" else args.scheduler)  # fmt: skip
+    def model(**overrides: Any) -> Classifier:
+        options: dict[str, Any] = dict(arch=args.arch, width=args.width, lr=args.lr, momentum=0.9, weight_decay=5e-4,
+                                       scheduler=None if args.scheduler == "none" else args.scheduler)  # fmt: skip
+        return Classifier(**{**options, **overrides})
 
     fast()
     # warm-up (untimed, not recorded): the first fit of a process pays for lazy imports, gloo pairs and allocators
@@ -371,11 +434,12 @@ def _worker(config_path: str, spec: str) -> None:  # noqa: C901 (one linear proc
             dm.setup("test")
             assert dm.test_set is not None
             test_x, test_y = dm.test_set.tensors
-            module = model()
+            module = model(**method.model)
             n_params = sum(p.numel() for p in module.parameters())
             probe = EpochProbe(test_x, test_y, n_params)
             strategy = H.build_strategy(method.cls_name, method.kwargs)
-            trainer = H.make_trainer(setting.per_node, strategy, args.epochs, [probe], Path(args.out_dir) / "runs",
+            callbacks: list[Any] = [probe] + ([AutoDrop()] if method.autodrop else [])
+            trainer = H.make_trainer(setting.per_node, strategy, args.epochs, callbacks, Path(args.out_dir) / "runs",
                                      num_nodes=setting.nodes)  # fmt: skip
             t0 = time.perf_counter()
             trainer.fit(module, datamodule=dm)  # the last epoch's end left the link fast: it stays so between fits
@@ -383,6 +447,7 @@ def _worker(config_path: str, spec: str) -> None:  # noqa: C901 (one linear proc
                 row = {
                     "setting": setting.spec, "method": name, "label": method.label, "seed": seed,
                     "class": method.cls_name, "kwargs": method.kwargs, "n_params": n_params,
+                    "model": method.model, "autodrop": method.autodrop,
                     "nodes": setting.nodes, "per_node": setting.per_node, "link": setting.link,
                     "arch": args.arch, "width": args.width, "batch_size": args.batch_size, "period": args.period,
                     "epochs": args.epochs, "fit_seconds": time.perf_counter() - t0, "curve": probe.rows,
@@ -425,9 +490,19 @@ def summarize(args: argparse.Namespace) -> str:
         if not mine:
             parts.append(f"**{setting.spec}**: no runs recorded in {out_dir}.")
             continue
+        extra = ablations(int(mine[0]["period"]))
+        ablated = [r for r in mine if r["method"] in extra]
+        mine = [r for r in mine if r["method"] not in extra]  # the time-to-accuracy table and plot: the methods
+        if not mine:
+            parts.append(f"**{setting.spec}**: only ablation runs recorded.")
+            continue
         target, rows = T.summarize_setting(mine)
         parts.append(T.markdown_table(f"{setting.spec} ({setting.title})", target, rows))
         parts.append(T.step_costs(rows, int(mine[0]["period"])))
+        if ablated:
+            names = ["ddp", "localsgd", "lsgd", "easgd", *[n for n in extra if any(r["method"] == n for r in ablated)]]
+            parts.append(f"**{setting.spec} ablations** (section 4: final accuracy at equal epochs)\n\n"
+                         + T.ablation_table(mine + ablated, names))  # fmt: skip
         summary[setting.spec] = {"target": target, "rows": [vars(r) for r in rows]}
         first, seeds = mine[0], sorted({r["seed"] for r in mine})
         title = (f"{setting.title}\nMNIST-1D, {first['arch']} width {first['width']} ({first['n_params'] / 1e6:.2f} M "

@@ -66,6 +66,7 @@ __all__ = [
     "parse_size",
     "parse_tc_qdisc_stats",
     "read_link_bytes",
+    "read_loopback_bytes",
     "set_link_rate",
 ]
 
@@ -656,6 +657,34 @@ def read_link_bytes(topology: Mapping[str, Any] | None = None) -> dict[str, Link
             down = _qdisc(topology["switch_ns"], topology["switch_devices"][node])
         name = f"node{node}"
         out[name] = LinkBytes(name, up.bytes, down.bytes, up.packets, down.packets, up.dropped + down.dropped)
+    return out
+
+
+def read_loopback_bytes(topology: Mapping[str, Any] | None = None) -> dict[str, int]:
+    """Bytes every host of a running cluster sent over its own loopback: the traffic between its workers.
+
+    For ``nodes >= 2`` that traffic never crosses a shaped link, so :func:`read_link_bytes` does not see it; these
+    counters (``ip -s link show lo`` in each host's namespace, Ethernet header included as ``tc`` counts it) complete
+    the picture: shaped links plus loopbacks is every byte the workers sent. For one shaped host the loopback *is*
+    the shaped link (the same bytes as ``read_link_bytes()["lo"].sent``).
+
+    Args:
+        topology: As for :func:`read_link_bytes`.
+
+    Returns:
+        ``{"node<i>": bytes}``, cumulative since the host was created.
+
+    Raises:
+        ClusterError: Outside a cluster or when ``ip`` fails.
+    """
+    topology = _load_topology(topology)
+    out = {}
+    for node, ns in enumerate(topology["namespaces"]):
+        text = _run(["ip", "-n", ns, "-j", "-s", "link", "show", "lo"])
+        try:
+            out[f"node{node}"] = int(json.loads(text)[0]["stats64"]["tx"]["bytes"])
+        except (ValueError, LookupError, TypeError) as err:
+            raise ClusterError(f"cannot read the loopback counters of namespace {ns}: {text!r}") from err
     return out
 
 

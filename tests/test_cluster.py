@@ -211,7 +211,8 @@ def test_two_host_torchrun_fit_bytes_match_the_kernel(tmp_path):
     assert [r["strategy"]["bytes_sent_total"] for r in ckpt["local_update_strategy"]["ranks"]] == [per_rank] * 4
 
     window = json.loads((out / "window.json").read_text())
-    kernel = {k: window["after"][k]["sent"] - window["before"][k]["sent"] for k in window["after"]}
+    loopback = {k: window["after"]["loopback"][k] - window["before"]["loopback"][k] for k in ("node0", "node1")}
+    kernel = {k: window["after"][k]["sent"] - window["before"][k]["sent"] for k in ("node0", "node1")}
     assert kernel["node0"] > 0 and kernel["node1"] > 0  # the ring crosses the link in both directions
     rounds = states[0]["num_rounds"]
     predicted = rounds * _wire.predicted_link_bytes("all_reduce", per_rank // rounds, nodes=2, per_node=2)
@@ -219,6 +220,11 @@ def test_two_host_torchrun_fit_bytes_match_the_kernel(tmp_path):
     assert 0.99 < ratio < 1.10, (kernel, predicted)  # two barriers and the TCP acks are the only extras
     # the convention (4 bytes per parameter per rank and round) is off by the ring's 2 (w - 1) / w over the link
     assert sum(kernel.values()) / (4 * per_rank) == pytest.approx(0.75 * _wire.overhead_factor(), rel=0.05)
+    # every byte the workers sent (the link plus each host's loopback) against their own wire counts
+    wire = sum(s["wire_bytes_total"] for s in states)
+    assert wire == pytest.approx(rounds * 4 * _wire.rank_wire_bytes("all_reduce", per_rank // rounds, 4, 0))
+    assert loopback["node0"] > 0 and loopback["node1"] > 0  # the ring's hops inside each host
+    assert 0.99 < (sum(kernel.values()) + sum(loopback.values())) / wire < 1.10, (kernel, loopback, wire)
     assert run.inter_node_bytes >= sum(kernel.values())  # the whole run also holds start-up and the checkpoint
     assert time.perf_counter() - start < 120
 

@@ -65,6 +65,39 @@ def test_no_ddp_means_no_target_and_curves_cut_to_the_shortest_run():
         T.mean_curve([])
 
 
+def test_kernel_over_wire_uses_only_the_runs_that_hold_wire_counts():
+    old = _run("x", 0, [0.5, 0.6], [1, 1], kernel=150.0)  # recorded before wire counts existed
+    new = _run("x", 1, [0.5, 0.6], [1, 1], kernel=150.0)
+    new["curve"][-1].update(wire_bytes_sum=200.0, kernel_all_bytes=202.0)
+    (row,) = T.summarize_setting([old])[1]
+    assert math.isnan(row.kernel_over_wire) and "| – |" in T.markdown_table("s", None, [row])
+    (row,) = T.summarize_setting([old, new])[1]
+    assert row.kernel_over_wire == pytest.approx(1.01) and row.seeds == 2
+    assert "| 1.010 |" in T.markdown_table("s", None, [row])
+
+
+def test_ablation_rows_are_opt_in_and_carry_their_model_and_callbacks():
+    table = C.methods(16)
+    chosen = C.select_methods(None, 16, C.parse_setting("1x4@1gbit"))
+    ablations = [n for n in table if n.endswith(("-const", "-autodrop", "-bn", "-bn-re", "-b0.9", "-p4"))]
+    assert len(ablations) == 15 and not set(ablations) & set(chosen)
+    assert table["lsgd-autodrop"].autodrop and table["lsgd-autodrop"].model == {"scheduler": None}
+    assert table["easgd-bn-re"].kwargs["bn_recompute_batches"] == 8 and table["easgd-bn-re"].model["arch"] == "resnet"
+    assert not table["lsgd"].autodrop and table["lsgd"].model == {}
+
+
+def test_ablation_table_compares_with_the_matching_ddp_reference():
+    runs = [_run("ddp", 0, [0.5, 0.90], [1, 1]), _run("ddp-bn", 0, [0.5, 0.80], [1, 1])]
+    runs += [_run("x-const", s, [0.5, a], [1, 1]) for s, a in ((0, 0.88), (1, 0.86))]
+    runs += [_run("x-bn-re", 0, [0.5, 0.81], [1, 1])]
+    for r in runs:
+        r["curve"][-1]["lr"] = 0.05
+        r["curve"][-1]["self_bytes_sum"] = 400.0 if r["method"].startswith("ddp") else 50.0
+    table = T.ablation_table(runs, ["ddp", "x-const", "x-bn-re", "missing"])
+    assert "| X-CONST | 2 | 87.00 ± 1.41 | -3.00 | 0.125 | 0.05 |" in table
+    assert "| X-BN-RE | 1 | 81.00 ± 0.00 | +1.00 |" in table and "MISSING" not in table
+
+
 def test_ddp_curves_identical_compares_per_seed():
     a, b, c = (_run("ddp", 0, [0.1, 0.2], [1, 1]), _run("ddp", 0, [0.1, 0.2], [5, 5]), _run("ddp", 1, [0.1], [1]))
     assert T.ddp_curves_identical([a, b, c]) == {0: True}  # seed 1 appears once: nothing to compare

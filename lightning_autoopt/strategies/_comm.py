@@ -8,7 +8,9 @@ as **one flat buffer per collective** (built with :mod:`lightning_autoopt._flat`
 Byte accounting convention (used for ``dist/bytes_sent``): a collective over a buffer of ``n`` elements counts
 ``n * element_size`` bytes for every participating rank, whatever the algorithm underneath (ring, tree). This is the
 same convention as "DDP sends ``4 * num_params`` bytes per step" (one all-reduce of the fp32 gradients), so the two are
-directly comparable.
+directly comparable. :func:`wire_bytes` gives the other count, ``dist/wire_bytes_sent_total``: the payload bytes this
+rank really puts on the network under gloo's algorithms (:mod:`lightning_autoopt.strategies._wire`: a ring all-reduce
+sends ``2 (w - 1) / w`` of the buffer, a tree broadcast the buffer once per child), which the kernel's counters match.
 """
 
 from __future__ import annotations
@@ -24,11 +26,39 @@ import torch.distributed as dist
 from torch import Tensor
 
 from lightning_autoopt import _flat
+from lightning_autoopt.strategies import _wire
 
 
 def nbytes(tensor: Tensor) -> int:
     """Payload size of ``tensor`` in bytes (the unit of ``dist/bytes_sent``)."""
     return tensor.numel() * tensor.element_size()
+
+
+def wire_bytes(op: str, payload_bytes: int, group: Any = None, src: int | None = None) -> float:
+    """Payload bytes this rank puts on the wire for one collective of ``group``, under gloo's algorithms.
+
+    Args:
+        op: ``"all_reduce"``, ``"broadcast"``, ``"all_gather"`` (``payload_bytes`` = this rank's own chunk) or
+            ``"isend_irecv"`` (one point-to-point send from this rank: the payload itself).
+        payload_bytes: The buffer size, as the convention counts it (:func:`nbytes`).
+        group: Process group (default: the world).
+        src: Global rank of a broadcast's source.
+
+    Returns:
+        The bytes (TCP/IP headers excluded; see :func:`lightning_autoopt.strategies._wire.overhead_factor`); ``0.0``
+        without a multi-process group.
+    """
+    if op == "isend_irecv":
+        return float(payload_bytes)
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0.0
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    root = 0
+    if src is not None:
+        parent = group if group is not None else dist.group.WORLD
+        assert parent is not None
+        root = dist.get_group_rank(parent, src)
+    return _wire.rank_wire_bytes(op, payload_bytes, world, rank, root)
 
 
 def require_process_group() -> None:

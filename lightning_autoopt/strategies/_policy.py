@@ -30,8 +30,11 @@ from lightning_autoopt.checkpoint import (
     payload_verified,
     verify_checkpoint,
 )
+from lightning_autoopt.landscape.batch_loss import infer_layout
+from lightning_autoopt.landscape.loss import make_fixed_batches
 from lightning_autoopt.strategies import _comm
-from lightning_autoopt.strategies._checks import check_choice
+from lightning_autoopt.strategies._batchnorm import batchnorm_layers, recompute_batchnorm_, running_stats
+from lightning_autoopt.strategies._checks import check_choice, check_count
 
 if TYPE_CHECKING:
     from lightning.pytorch.strategies import DDPStrategy
@@ -112,6 +115,12 @@ class PolicyWeightsMixin(_Base):
       strategy state (:meth:`strategy_state_dict`), gathered to rank 0, who writes the file, with a checksum that is
       verified on load. On resume with the same world size each rank reloads its own; with a different world size
       every rank starts from the policy weights (a warning says what is dropped and what is re-used).
+    * ``bn_recompute_batches > 0``: whenever the policy weights are put in the module (validation, the checkpoint's
+      ``"state_dict"``, :meth:`~PolicyWeightsMixin.policy_weights`, the model ``fit`` hands back), the running
+      statistics of its BatchNorm layers are re-estimated on that many training batches per rank (a fixed, seeded
+      draw from the training set, made once) and averaged over the ranks, as the reference implementations do before
+      they evaluate an average: replicas' statistics do not describe the averaged weights' activations. Costs the
+      forward passes and one all-reduce of the statistics each time; the replicas' own statistics are untouched.
     * A checkpoint is verified before it is loaded (:mod:`lightning_autoopt.checkpoint`): in the launching process
       for the ``popen``/``spawn``/``fork`` launchers, before any worker starts, and by the default checkpoint IO
       (:class:`~lightning_autoopt.checkpoint.VerifiedCheckpointIO`) in each worker (``torchrun``).
@@ -121,18 +130,23 @@ class PolicyWeightsMixin(_Base):
 
     Args:
         eval_policy: One of ``eval_policies``.
+        bn_recompute_batches: Training batches per rank on which the policy weights' BatchNorm statistics are
+            re-estimated (``0``: keep the averaged / leader's statistics).
         **kwargs: Forwarded to the strategy class it is mixed into.
 
     Raises:
-        ValueError: On an unknown policy.
+        ValueError: On an unknown policy or a negative ``bn_recompute_batches``.
     """
 
     eval_policies: ClassVar[tuple[str, ...]] = ("local", "average", "leader")
 
-    def __init__(self, eval_policy: str = "average", **kwargs: Any) -> None:
+    def __init__(self, eval_policy: str = "average", bn_recompute_batches: int = 0, **kwargs: Any) -> None:
         check_choice("eval_policy", eval_policy, self.eval_policies)
+        check_count("bn_recompute_batches", bn_recompute_batches, 0, "0 keeps the averaged statistics")
         super().__init__(**kwargs)
         self.eval_policy = eval_policy
+        self.bn_recompute_batches = bn_recompute_batches
+        self._bn_batches: list[Any] | None = None
         self.leader: int | None = None
         self._swapped_local: Tensor | None = None
         self._restored_replica = False
@@ -218,12 +232,67 @@ class PolicyWeightsMixin(_Base):
         local = self.flat_state()
         self.write_state(self.policy_flat(policy))
         self._swapped_local = local
+        self.recompute_batchnorm()
         return True
 
     def _swap_out(self) -> None:
         if self._swapped_local is not None:
             self.write_state(self._swapped_local)
             self._swapped_local = None
+
+    # ------------------------------------------------------------------ BatchNorm statistics of the policy weights
+    def recompute_batchnorm(self) -> bool:
+        """Re-estimate the module's BatchNorm statistics on ``bn_recompute_batches`` training batches per rank.
+
+        A collective (the statistics are averaged over the ranks): every rank calls it. Does nothing when the option
+        is off, the module has no BatchNorm layer with running statistics, or no training data is at hand (outside
+        ``fit``: the checkpoint's ``"state_dict"`` already holds re-estimated statistics).
+
+        Returns:
+            Whether the statistics were re-estimated.
+        """
+        lm = self.lightning_module
+        if self.bn_recompute_batches == 0 or lm is None or not _comm.dist_ready():
+            return False
+        layers = batchnorm_layers(lm)
+        batches = self._batchnorm_batches() if layers else None
+        if not batches:
+            return False
+        layout = infer_layout(lm, batches[0])
+        recompute_batchnorm_(lm, batches, layout.forward, layers)
+        stats = running_stats(layers)
+        flat = _flat.flatten(stats)
+        _comm.all_reduce_mean_(flat)  # every rank estimated on its own draw: the mean uses all of them
+        _flat.unflatten_(flat, stats)
+        return True
+
+    def _batchnorm_batches(self) -> list[Any] | None:
+        if self._bn_batches is not None:
+            return self._bn_batches
+        lm = self.lightning_module
+        trainer = None if lm is None else lm._trainer
+        loader: Any = None if trainer is None else trainer.train_dataloader
+        if isinstance(loader, Mapping):
+            loader = next(iter(loader.values()), None)
+        if isinstance(loader, (list, tuple)):
+            loader = loader[0] if loader else None
+        dataset = getattr(loader, "dataset", None)
+        if dataset is None:
+            return None
+        batch_size = getattr(loader, "batch_size", None) or 64
+        drawn = make_fixed_batches(
+            dataset,
+            self.bn_recompute_batches * batch_size,
+            batch_size,
+            seed=0x5EED + self.global_rank,  # a private generator: the training sampler's RNG is untouched
+            collate_fn=getattr(loader, "collate_fn", None),
+        )
+        before = getattr(lm, "_on_before_batch_transfer", None)  # the path of a training batch
+        self._bn_batches = [
+            self.batch_to_device(before(b, dataloader_idx=0) if callable(before) else b, dataloader_idx=0)
+            for b in drawn
+        ]
+        return self._bn_batches
 
     def _fitting(self) -> bool:
         lm = self.lightning_module
@@ -256,6 +325,7 @@ class PolicyWeightsMixin(_Base):
         if self.eval_policy != "local" and self._groups_ready and _comm.dist_ready():
             self._swap_out()
             self.write_state(self.policy_flat(self.eval_policy))
+            self.recompute_batchnorm()
 
     @override
     def on_exception(self, exception: BaseException) -> None:
@@ -267,6 +337,7 @@ class PolicyWeightsMixin(_Base):
         self._swap_out()
         self._restored_replica = False
         self._groups_ready = False
+        self._bn_batches = None
         super().teardown()
 
     # ------------------------------------------------------------------ checkpoints

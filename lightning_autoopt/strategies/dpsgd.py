@@ -185,7 +185,7 @@ class DPSGDStrategy(LocalUpdateStrategy):
         # NaN is refused too
         payload = torch.cat([self.make_payload(flat), flat.new_tensor([1.0 if finite else 0.0])])
         received = _comm.exchange_with_neighbours(payload, neighbours)
-        self.count_bytes(len(neighbours) * _comm.nbytes(payload))
+        self.count_bytes(len(neighbours) * _comm.nbytes(payload), op="isend_irecv")
         usable = {
             j: buf[:-1] for j, buf in zip(neighbours, received) if float(buf[-1]) > 0.5 and _flat.all_finite(buf[:n])
         }

@@ -167,7 +167,7 @@ class GRAWAStrategy(LocalUpdateStrategy):
         # one all-gather: every rank's norm statistic plus its health (finite flag, fault counters)
         row = torch.cat([mine, self.health_tail(True)]).to(self.root_device)
         gathered, sent = _comm.all_gather_(row)
-        self.count_bytes(sent)
+        self.count_bytes(sent, op="all_gather")
         self.read_health(gathered[:, width:].sum(dim=0))  # raises on every rank when no replica is finite
         included = gathered[:, width] > 0.5
         weights = grawa_weights(gathered[:, :width], exponent=self.exponent, eps=self.eps, include=included)

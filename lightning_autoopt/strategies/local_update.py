@@ -111,7 +111,9 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
       may follow ``fit`` in the same process) at interpreter exit.
 
     Logged signals (per round, through ``pl_module.log``): ``dist/bytes_sent`` (bytes this rank sent in the round,
-    see :mod:`lightning_autoopt.strategies._comm` for the convention), ``dist/bytes_sent_total``, ``dist/rounds``,
+    see :mod:`lightning_autoopt.strategies._comm` for the convention), ``dist/bytes_sent_total``,
+    ``dist/wire_bytes_sent_total`` (what this rank really put on the network under gloo's algorithms: a ring
+    all-reduce sends ``2 (w - 1) / w`` of its buffer; the kernel's counters match it), ``dist/rounds``,
     ``dist/consensus_distance`` (when computed), ``dist/nonfinite_events``, ``dist/healed``, plus the subclass's own
     (``dist/leader``, ...).
 
@@ -125,6 +127,9 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
             counted in ``dist/diagnostic_bytes_total``, not in ``dist/bytes_sent``.
         loss_key: Metric name read from ``trainer.callback_metrics`` when the closure returns no loss (manual
             optimization).
+        bn_recompute_batches: Re-estimate the BatchNorm statistics of the evaluated / saved policy weights on this
+            many training batches per rank (``0``: off; see :class:`~lightning_autoopt.strategies._policy.
+            PolicyWeightsMixin`). Useful with ``eval_policy="average"``/``"center"`` on models with BatchNorm.
         accelerator: See :class:`~lightning.pytorch.strategies.DDPStrategy` (normally set by the ``Trainer``).
         parallel_devices: See ``DDPStrategy`` (normally set by the ``Trainer``).
         cluster_environment: See ``DDPStrategy`` (e.g. a ``SLURMEnvironment``; detected by default).
@@ -151,6 +156,7 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
         eval_policy: str = "average",
         consensus_every: int = 1,
         loss_key: str = "train_loss",
+        bn_recompute_batches: int = 0,
         accelerator: Accelerator | None = None,
         parallel_devices: list[torch.device] | None = None,
         cluster_environment: ClusterEnvironment | None = None,
@@ -166,6 +172,7 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
         check_count("consensus_every", consensus_every, 0, "0 disables")
         super().__init__(  # PolicyWeightsMixin checks eval_policy
             eval_policy=eval_policy,
+            bn_recompute_batches=bn_recompute_batches,
             accelerator=accelerator,
             parallel_devices=parallel_devices,
             cluster_environment=cluster_environment,
@@ -182,6 +189,7 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
         self.num_steps = 0
         self.num_rounds = 0
         self.bytes_sent_total = 0
+        self.wire_bytes_total = 0.0
         self.diagnostic_bytes_total = 0
         self.nonfinite_events = 0
         self.skipped_rounds = 0
@@ -198,6 +206,7 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
         # transient
         self.replica_finite = True
         self._round_bytes = 0
+        self._round_wire_bytes = 0.0
         self._pending_logs: dict[str, float] = {}
         self.round_losses: list[float] | None = None  # every rank's loss (leader metric) gathered this round
         self._pending_mean = _comm.PendingMaskedSum()  # overlapped rounds: the average in flight
@@ -261,14 +270,24 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
         """Write a flat parameter buffer back into the module."""
         _flat.unflatten_(flat, self.params)
 
-    def count_bytes(self, n: int) -> None:
-        """Add ``n`` bytes to this round's ``dist/bytes_sent``."""
+    def count_bytes(self, n: int, op: str = "all_reduce", group: Any = None, src: int | None = None) -> None:
+        """Add one collective's ``n`` bytes to this round's ``dist/bytes_sent`` (and its wire bytes).
+
+        Args:
+            n: The payload under the ``dist/bytes_sent`` convention (the buffer's bytes; an all-gather: this rank's
+                chunk; point-to-point: everything this rank sent).
+            op: The collective, for ``dist/wire_bytes_sent_total`` (:func:`~lightning_autoopt.strategies._comm.
+                wire_bytes`): ``"all_reduce"``, ``"broadcast"``, ``"all_gather"`` or ``"isend_irecv"``.
+            group: The collective's process group (default: the world).
+            src: Global rank of a broadcast's source.
+        """
         self._round_bytes += int(n)
+        self._round_wire_bytes += _comm.wire_bytes(op, int(n), group=group, src=src)
 
     def gather_scalar(self, value: float, group: Any = None) -> Tensor:
         """All-gather one float per rank of ``group`` (counted in the round's bytes)."""
         out = _comm.all_gather_scalar(value, group=group, device=self.root_device)
-        self.count_bytes(8)
+        self.count_bytes(8, op="all_gather", group=group)
         return out
 
     def average_buffers(self, group: Any = None) -> None:
@@ -337,7 +356,7 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
         """
         tail = self.health_tail(True, dtype=flat.dtype, heal_follows=False)
         group = self._overlap_group
-        self.count_bytes(self._pending_mean.launch(flat, self.replica_finite, tail[1:].tolist(), group))
+        self.count_bytes(self._pending_mean.launch(flat, self.replica_finite, tail[1:].tolist(), group), group=group)
 
     def take_overlapped_mean(self) -> tuple[Tensor, Tensor] | None:
         """Wait for the last :meth:`launch_overlapped_mean`: ``(snapshot, mean of the finite snapshots)``.
@@ -426,7 +445,7 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
         """
         tail = self.health_tail(group is None, dtype=flat.dtype)
         summed, count, extra, sent = _comm.masked_all_reduce(flat, self.replica_finite, tail[1:].tolist(), group)
-        self.count_bytes(sent)
+        self.count_bytes(sent, group=group)
         self.read_health(torch.cat([torch.tensor([float(count)], dtype=torch.float64), extra]), group)
         return summed.div_(count) if count > 0 else None
 
@@ -539,7 +558,7 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
         flat = _flat.flatten(buffers)
         finite = _flat.all_finite(flat)
         summed, count, _, sent = _comm.masked_all_reduce(flat, finite, group=group)
-        self.count_bytes(sent)
+        self.count_bytes(sent, group=group)
         if count > 0 and not (only_nonfinite and finite):
             _flat.unflatten_(summed.div_(count), buffers)
 
@@ -803,6 +822,7 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
         """One round after optimizer step ``step``: the health check, :meth:`on_round`, buffer healing, counters."""
         _comm.require_process_group()
         self._round_bytes = 0
+        self._round_wire_bytes = 0.0
         self._heal_scopes = []
         self.round_losses = None
         self._round_consensus = math.nan
@@ -811,8 +831,10 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
         self._heal_buffers()
         self.num_rounds += 1
         self.bytes_sent_total += self._round_bytes
+        self.wire_bytes_total += self._round_wire_bytes
         self.log_value("dist/bytes_sent", self._round_bytes)
         self.log_value("dist/bytes_sent_total", self.bytes_sent_total)
+        self.log_value("dist/wire_bytes_sent_total", self.wire_bytes_total)
         self.log_value("dist/rounds", self.num_rounds)
         self._history.append(
             step=step,
@@ -893,6 +915,7 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
                 "num_steps": self.num_steps,
                 "num_rounds": self.num_rounds,
                 "bytes_sent_total": self.bytes_sent_total,
+                "wire_bytes_total": self.wire_bytes_total,
                 "diagnostic_bytes_total": self.diagnostic_bytes_total,
                 "nonfinite_events": self.nonfinite_events,
                 "skipped_rounds": self.skipped_rounds,
@@ -927,6 +950,7 @@ class LocalUpdateStrategy(PolicyWeightsMixin, DDPStrategy):
         self.num_steps = int(state["num_steps"])
         self.num_rounds = int(state["num_rounds"])
         self.bytes_sent_total = int(state["bytes_sent_total"])
+        self.wire_bytes_total = float(state.get("wire_bytes_total", 0.0))
         self.diagnostic_bytes_total = int(state.get("diagnostic_bytes_total", 0))
         self.nonfinite_events = int(state["nonfinite_events"])
         self.skipped_rounds = int(state["skipped_rounds"])

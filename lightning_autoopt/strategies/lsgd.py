@@ -188,7 +188,7 @@ class LSGDStrategy(LocalUpdateStrategy):
             [torch.tensor([self.leader_metric_value()], dtype=torch.float64), self.health_tail(group is None)]
         )
         gathered, sent = _comm.all_gather_(row.to(self.root_device), group=group)
-        self.count_bytes(sent)
+        self.count_bytes(sent, op="all_gather", group=group)
         n_finite = self.read_health(gathered[:, 1:].sum(dim=0), group)  # raises when no replica is finite
         if scope == "global":  # every rank's leader metric, for the round history's loss panel
             self.round_losses = [float(v) for v in gathered[:, 0].tolist()]
@@ -208,7 +208,7 @@ class LSGDStrategy(LocalUpdateStrategy):
         leader = ranks[index]
         flat = self.flat_params()
         buffer = flat.clone() if self.global_rank == leader else torch.empty_like(flat)
-        self.count_bytes(_comm.broadcast_(buffer, src=leader, group=group))
+        self.count_bytes(_comm.broadcast_(buffer, src=leader, group=group), op="broadcast", group=group, src=leader)
         if scope == "global" and self.consensus_due():
             self.log_consensus(flat)
         if not self.replica_finite:

@@ -23,7 +23,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 
-from lightning_autoopt.cluster import read_link_bytes  # noqa: E402
+from lightning_autoopt.cluster import read_link_bytes, read_loopback_bytes  # noqa: E402
 from lightning_autoopt.strategies import registered_strategies  # noqa: E402
 from tests.helpers import TinyClassifier, TinyDataModule  # noqa: E402
 
@@ -37,7 +37,10 @@ class KernelWindow(pl.Callback):
 
     def _snapshot(self, trainer: pl.Trainer) -> dict | None:
         dist.barrier()
-        snap = {k: asdict(v) for k, v in read_link_bytes().items()} if trainer.global_rank == 0 else None
+        snap = None
+        if trainer.global_rank == 0:
+            snap = {k: asdict(v) for k, v in read_link_bytes().items()}
+            snap["loopback"] = read_loopback_bytes()
         dist.barrier()
         return snap
 

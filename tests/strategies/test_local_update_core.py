@@ -317,3 +317,33 @@ def test_round_history_records_every_round_and_survives_the_checkpoint(pool, tmp
         histories.append(hist)
     png = plot_strategy(histories, tmp_path / "rounds.png")
     assert png.stat().st_size > 10_000
+
+
+def _wire_counts():
+    import torch.distributed as dist
+
+    from lightning_autoopt.strategies import _comm
+
+    two = [_comm.new_world_group()]  # a second world group: a group handle that is not the default one
+    pairs, _ = _comm.new_groups(WORLD, 2)
+    out = {
+        "all_reduce": _comm.wire_bytes("all_reduce", 4000),
+        "broadcast_src2": _comm.wire_bytes("broadcast", 4000, src=2),
+        "all_gather": _comm.wire_bytes("all_gather", 8),
+        "p2p": _comm.wire_bytes("isend_irecv", 123),
+        "pair_broadcast_src3": _comm.wire_bytes("broadcast", 4000, group=pairs, src=3 if dist.get_rank() >= 2 else 1),
+        "other_group": _comm.wire_bytes("all_reduce", 4000, group=two[0]),
+    }
+    for g in (*two, pairs):
+        _comm.destroy_group(g)
+    return dist.get_rank(), out
+
+
+def test_wire_bytes_follow_gloos_algorithms_per_rank_and_group(pool):
+    res = dict(enumerate(run_on_pool(pool, WORLD, _wire_counts)))
+    assert {r: c["all_reduce"] for r, c in res.items()} == {r: 6000.0 for r in range(4)}  # 2 (w - 1) / w
+    # binomial tree rooted at rank 2: 2 -> 3, then 2 -> 0 and 3 -> 1
+    assert [res[r]["broadcast_src2"] for r in range(4)] == [0.0, 0.0, 8000.0, 4000.0]
+    assert all(c["all_gather"] == 24.0 and c["p2p"] == 123.0 and c["other_group"] == 6000.0 for c in res.values())
+    # groups {0, 1} and {2, 3}: the source (global rank 1 or 3) sends the buffer to its partner
+    assert [res[r]["pair_broadcast_src3"] for r in range(4)] == [0.0, 4000.0, 0.0, 4000.0]

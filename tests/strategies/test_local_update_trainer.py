@@ -54,6 +54,9 @@ def test_lsgd_replicas_diverge_between_rounds_and_meet_by_the_formula(tmp_path):
     n = sum(p.numel() for p in TinyClassifier().parameters())
     assert m["dist/bytes_sent"] == 4 * n + 32 and m["dist/bytes_sent_total"] == 2 * (4 * n + 32)
     assert steps[0]["state"]["num_steps"] == 7
+    # on the wire (2 ranks): the leader's broadcast leaves the leader once, each rank sends its 32-byte chunk once
+    assert sum(steps[r]["state"]["wire_bytes_total"] for r in range(2)) == 2 * (4 * n + 64)
+    assert m["dist/wire_bytes_sent_total"] == steps[0]["state"]["wire_bytes_total"]
 
 
 def test_multi_leader_four_processes_two_groups(tmp_path):
