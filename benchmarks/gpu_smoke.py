@@ -151,12 +151,22 @@ def _fit_one(case: Case, cpu: bool, out: Path, max_epochs: int, ckpt_path: str |
         callbacks=[ModelCheckpoint(dirpath=out / "ckpt", save_top_k=-1, every_n_epochs=1)],
         **kwargs,
     )
+
+    class TrainedOn(pl.Callback):
+        """The device the weights trained on (DDP-style teardown moves the module back to the CPU after fit)."""
+
+        device = "unknown"
+
+        def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            TrainedOn.device = str(next(pl_module.parameters()).device)
+
+    trainer.callbacks.append(TrainedOn())
     model = Classifier(arch="cnn", lr=0.05, momentum=0.9)
     dm = MNIST1DDataModule(batch_size=32, num_samples=2000, seed=0, cache_dir=str(OUT / "cache"))
     trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
     s = trainer.strategy
     flat = torch.cat([p.detach().reshape(-1).float().cpu() for p in model.parameters()])
-    device = str(next(model.parameters()).device)
+    device = TrainedOn.device
     state = s.strategy_state_dict() if hasattr(s, "strategy_state_dict") else {}
     rank = trainer.global_rank
     torch.save(
@@ -213,9 +223,12 @@ def _launch(case: Case, cpu: bool, out: Path, timeout: float, max_epochs: int, c
 
 def _last_error(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for ln in reversed(lines):
+    for i in range(len(lines) - 1, -1, -1):
+        ln = lines[i]
         if "Error" in ln or "error" in ln or "Exception" in ln:
-            return ln[:300]
+            # NCCL's message ends in "Last error:" with the reason on the next line: keep both
+            more = " ".join(lines[i + 1 : i + 3]) if ln.rstrip().endswith(":") else ""
+            return f"{ln} {more}".strip()[:400]
     return (lines[-1] if lines else "failed without output")[:300]
 
 

@@ -75,3 +75,9 @@ def test_cpu_dry_run_of_one_strategy(smoke, capsys):
     assert smoke.main(["--cpu", "--strategies", "localsgd", "--cases", "w1,w2", "--timeout", "240"]) == 0
     out = capsys.readouterr().out
     assert "PASS  localsgd-w1" in out and "PASS  localsgd-w2-gloo" in out
+
+
+def test_the_reported_error_keeps_nccls_reason_after_last_error(smoke):
+    log = "start\nRuntimeError: NCCL error in: init.cc, unhandled cuda error, Last error:\nDuplicate GPU detected\nexit"
+    assert smoke._last_error(log).endswith("Last error: Duplicate GPU detected exit")
+    assert smoke._last_error("a\nValueError: bad thing\nb") == "ValueError: bad thing"
