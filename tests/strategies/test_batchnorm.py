@@ -99,3 +99,21 @@ def test_fit_hands_back_the_average_with_statistics_re_estimated_on_every_rank(t
     assert torch.allclose(bn.running_mean, (stats[0][0] + stats[1][0]) / 2, atol=1e-5)
     assert torch.allclose(bn.running_var, (stats[0][1] + stats[1][1]) / 2, atol=1e-4)
     assert int(bn.num_batches_tracked) == 6  # the replicas' own counter, not the re-estimation's
+
+
+@pytest.mark.slow
+def test_re_estimating_at_every_validation_leaves_training_untouched(tmp_path):
+    """Validation swaps the re-estimated average in and out each epoch: the trained weights do not move a bit."""
+    flats = []
+    for batches in (0, 2):
+        strategy = LocalSGDStrategy(period=2, bn_recompute_batches=batches, start_method="spawn")
+        trainer = make_trainer(
+            tmp_path / str(batches), strategy=strategy, devices=2, max_epochs=3, limit_train_batches=4,
+            limit_val_batches=1,
+        )  # fmt: skip
+        torch.manual_seed(0)
+        model = BNClassifier()
+        trainer.fit(model, TinyDataModule(batch_size=16))
+        flats.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+        assert trainer.strategy.bn_recompute_batches == batches
+    assert torch.equal(flats[0], flats[1])
