@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from lightning_autoopt.strategies import DPSGDStrategy
+from lightning_autoopt.strategies.dpsgd import DPSGDStrategy
 from lightning_autoopt.strategies.graphs import build_graph
 from tests.strategies._gloo_pool import run_on_pool, shared_pool
 from tests.strategies._local_update_helpers import detached
@@ -44,9 +44,10 @@ def _dpsgd_rounds(kwargs, rounds):
     out = []
     for r in range(rounds):
         pre = s.flat_state()
-        s._round_bytes = 0
+        s._round_bytes, s._round_wire_bytes = 0, 0.0
         s.on_round(r + 1)
-        out.append({"pre": pre, "post": s.flat_state(), "bytes": s._round_bytes, "logs": dict(s._pending_logs)})
+        out.append({"pre": pre, "post": s.flat_state(), "bytes": s._round_bytes, "logs": dict(s._pending_logs),
+                    "wire": s._round_wire_bytes})  # fmt: skip
         s.num_rounds += 1  # what the base does after on_round
     return rank, out
 
@@ -76,6 +77,8 @@ def test_rounds_match_dense_mixing_matrix(pool, kwargs):
             deg = graph.degrees(active)[i]
             assert res[i][r]["logs"]["dist/degree"] == deg
             assert res[i][r]["bytes"] == deg * (n + 1) * 4 + 24  # + health flag; health all-reduce
+            # on the wire: each send once, the 24-byte health all-reduce as a ring (2 (w - 1) / w of it)
+            assert res[i][r]["wire"] == deg * (n + 1) * 4 + 24 * 2 * (WORLD - 1) / WORLD
             if kwargs.get("buffer_policy") != "average":  # buffers untouched by default
                 assert torch.equal(res[i][r]["post"][8:], res[i][r]["pre"][8:])
         # the average over workers is preserved (W doubly stochastic)

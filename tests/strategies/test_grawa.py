@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from lightning_autoopt.strategies import GRAWAStrategy, LGRAWAStrategy, LocalSGDStrategy, _comm
+from lightning_autoopt.strategies import LocalSGDStrategy, _comm
 from lightning_autoopt.strategies._grawa_math import grawa_weights, layer_norms, model_norm, weighted_term
+from lightning_autoopt.strategies.grawa import GRAWAStrategy, LGRAWAStrategy
 from tests.strategies._gloo_pool import run_on_pool, shared_pool
 from tests.strategies._local_update_helpers import detached
 
@@ -123,7 +124,8 @@ def _grawa_strategy_round(kwargs, grad_scale_by_rank):
     s.record_gradient_norms()
     pre = s.flat_params()
     s.on_round(1)
-    return rank, {"pre": pre, "post": s.flat_params(), "logs": dict(s._pending_logs), "bytes": s._round_bytes}
+    out = {"pre": pre, "post": s.flat_params(), "logs": dict(s._pending_logs), "bytes": s._round_bytes}
+    return rank, {**out, "wire": s._round_wire_bytes}
 
 
 def _localsgd_round():
@@ -148,6 +150,8 @@ def test_strategy_round_matches_formula(pool, level):
         assert r["logs"]["dist/grawa_weight"] == pytest.approx(float(w[i]))
         n_norms = 1 if level == "model" else 2  # Linear(3, 2): weight and bias
         assert r["bytes"] == 8 * 4 + 8 * (n_norms + 3)  # norms + health tail (flag, counters)
+        # on the wire: the centre's ring all-reduce sends 2 (w - 1) / w of it, the all-gather w - 1 chunks
+        assert r["wire"] == 8 * 4 * 2 * (WORLD - 1) / WORLD + (WORLD - 1) * 8 * (n_norms + 3)
 
 
 def test_exponent_zero_and_full_pull_is_local_sgd_bitwise(pool):
