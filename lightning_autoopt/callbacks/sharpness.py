@@ -26,7 +26,13 @@ from lightning_autoopt.landscape.batch_loss import (
     has_class_scores,
     resolve_loss,
 )
-from lightning_autoopt.landscape.loss import Batch, evaluation_mode, make_fixed_batches
+from lightning_autoopt.landscape.loss import (
+    Batch,
+    evaluation_mode,
+    make_fixed_batches,
+    single_loader,
+    to_training_device,
+)
 from lightning_autoopt.landscape.registry import (
     check_measure_kwargs,
     compute_measure,
@@ -256,7 +262,7 @@ class SharpnessProbe(Callback):
     def _prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[Batch]:
         """Draw the probe subset and resolve the loss once (idempotent)."""
         if self._batches is None:
-            self._batches = [self._to_device(trainer, pl_module, b) for b in self._draw(trainer, pl_module)]
+            self._batches = [to_training_device(trainer.strategy, pl_module, b) for b in self._draw(trainer, pl_module)]
         if self._loss is None:
             with ParamSnapshot(pl_module), evaluation_mode(pl_module):
                 try:
@@ -273,15 +279,6 @@ class SharpnessProbe(Callback):
                 )
             rank_zero_info(f"SharpnessProbe: measuring the loss {describe_loss(self._loss)}.")
         return self._batches
-
-    @staticmethod
-    def _to_device(trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> Any:
-        # The same path as a training batch: on_before_batch_transfer, then the strategy's batch_to_device
-        # (transfer_batch_to_device and on_after_batch_transfer).
-        before = getattr(pl_module, "_on_before_batch_transfer", None)
-        if callable(before):
-            batch = before(batch, dataloader_idx=0)
-        return trainer.strategy.batch_to_device(batch, dataloader_idx=0)
 
     def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[Batch]:
         loader = self._source_loader(trainer, pl_module)
@@ -306,10 +303,7 @@ class SharpnessProbe(Callback):
                 datamodule = getattr(trainer, "datamodule", None)
                 source = datamodule if datamodule is not None else pl_module
                 loader = source.val_dataloader()
-        if isinstance(loader, Mapping):
-            loader = next(iter(loader.values()))
-        if isinstance(loader, (list, tuple)):
-            loader = loader[0]
+        loader = single_loader(loader)
         if loader is None or not isinstance(loader, DataLoader) and not hasattr(loader, "dataset"):
             raise ValueError(f"SharpnessProbe(data={self.data!r}) found no {self.data} dataloader to probe.")
         return loader

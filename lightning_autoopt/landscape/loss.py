@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -73,6 +73,27 @@ def make_fixed_batches(
         raise ValueError("The dataset is empty; cannot build landscape batches from it.")
     collate = collate_fn or default_collate
     return [collate(items[start : start + batch_size]) for start in range(0, len(items), batch_size)]
+
+
+def single_loader(loaders: Any) -> Any:
+    """The first loader of what a ``Trainer`` holds (a loader, a list/tuple or a mapping of loaders), or ``None``."""
+    if isinstance(loaders, Mapping):
+        loaders = next(iter(loaders.values()), None)
+    if isinstance(loaders, (list, tuple)):
+        loaders = loaders[0] if loaders else None
+    return loaders
+
+
+def to_training_device(strategy: Any, module: Any, batch: Batch) -> Batch:
+    """Move a drawn batch the way a training batch travels.
+
+    The module's ``on_before_batch_transfer``, then the strategy's ``batch_to_device`` (``transfer_batch_to_device``
+    and ``on_after_batch_transfer``).
+    """
+    before = getattr(module, "_on_before_batch_transfer", None)
+    if callable(before):
+        batch = before(batch, dataloader_idx=0)
+    return strategy.batch_to_device(batch, dataloader_idx=0)
 
 
 def _first_items(dataset: Any, num_samples: int) -> list[Any]:

@@ -31,7 +31,7 @@ from lightning_autoopt.checkpoint import (
     verify_checkpoint,
 )
 from lightning_autoopt.landscape.batch_loss import infer_layout
-from lightning_autoopt.landscape.loss import make_fixed_batches
+from lightning_autoopt.landscape.loss import make_fixed_batches, single_loader, to_training_device
 from lightning_autoopt.strategies import _comm
 from lightning_autoopt.strategies._batchnorm import batchnorm_layers, recompute_batchnorm_, running_stats
 from lightning_autoopt.strategies._checks import check_choice, check_count
@@ -271,11 +271,7 @@ class PolicyWeightsMixin(_Base):
             return self._bn_batches
         lm = self.lightning_module
         trainer = None if lm is None else lm._trainer
-        loader: Any = None if trainer is None else trainer.train_dataloader
-        if isinstance(loader, Mapping):
-            loader = next(iter(loader.values()), None)
-        if isinstance(loader, (list, tuple)):
-            loader = loader[0] if loader else None
+        loader = single_loader(None if trainer is None else trainer.train_dataloader)
         dataset = getattr(loader, "dataset", None)
         if dataset is None:
             return None
@@ -287,11 +283,7 @@ class PolicyWeightsMixin(_Base):
             seed=0x5EED + self.global_rank,  # a private generator: the training sampler's RNG is untouched
             collate_fn=getattr(loader, "collate_fn", None),
         )
-        before = getattr(lm, "_on_before_batch_transfer", None)  # the path of a training batch
-        self._bn_batches = [
-            self.batch_to_device(before(b, dataloader_idx=0) if callable(before) else b, dataloader_idx=0)
-            for b in drawn
-        ]
+        self._bn_batches = [to_training_device(self, lm, b) for b in drawn]
         return self._bn_batches
 
     def _fitting(self) -> bool:
