@@ -60,7 +60,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -150,33 +150,33 @@ def ablations(period: int) -> dict[str, Method]:
     * ``*-bn``: a ResNet with BatchNorm (``arch="resnet"``, width 32, one block per stage) instead of the CNN;
       ``*-bn-re``: the same with ``bn_recompute_batches=8`` (the evaluated average's statistics re-estimated).
     """
-    p, off = period, {"consensus_every": 0}
-    easgd, lsgd = {"period": p, "elastic_strength": 0.43, **off}, {"period": p, "pull_strength": 0.5, **off}
-    base = {
-        "ddp": ("ddp", {}, "DDP"),
-        "localsgd": ("LocalSGDStrategy", {"period": p, **off}, f"LocalSGD p={p}"),
-        "lsgd": ("LSGDStrategy", lsgd, f"LSGD p={p} λ=0.5"),
-        "easgd": ("EASGDStrategy", easgd, f"EASGD p={p} β=0.43"),
-    }
+    core, p = _core_methods(period), period
     out: dict[str, Method] = {}
-    for name, (cls, kwargs, label) in base.items():
-        out[f"{name}-const"] = Method(cls, kwargs, f"{label}, constant LR", opt_in=True, model=_CONSTANT)
-        out[f"{name}-autodrop"] = Method(cls, kwargs, f"{label}, AutoDrop", opt_in=True, model=_CONSTANT, autodrop=True)
-    out["easgd-b0.9"] = Method("EASGDStrategy", {**easgd, "elastic_strength": 0.9}, f"EASGD p={p} β=0.9", opt_in=True)
-    out["easgd-p4"] = Method("EASGDStrategy", {**easgd, "period": 4}, "EASGD p=4 β=0.43", opt_in=True)
+    for name in ("ddp", "localsgd", "lsgd", "easgd"):
+        m = core[name]
+        out[f"{name}-const"] = replace(m, label=f"{m.label}, constant LR", opt_in=True, model=_CONSTANT)
+        out[f"{name}-autodrop"] = replace(m, label=f"{m.label}, AutoDrop", opt_in=True, model=_CONSTANT, autodrop=True)
+    easgd = core["easgd"]
+    out["easgd-b0.9"] = replace(
+        easgd, kwargs={**easgd.kwargs, "elastic_strength": 0.9}, label=f"EASGD p={p} β=0.9", opt_in=True
+    )
+    out["easgd-p4"] = replace(easgd, kwargs={**easgd.kwargs, "period": 4}, label="EASGD p=4 β=0.43", opt_in=True)
     for name in ("ddp", "localsgd", "easgd"):
-        cls, kwargs, label = base[name]
-        out[f"{name}-bn"] = Method(cls, kwargs, f"{label}, ResNet-BN", opt_in=True, model=_BN_MODEL)
+        m = replace(core[name], label=f"{core[name].label}, ResNet-BN", opt_in=True, model=_BN_MODEL)
+        out[f"{name}-bn"] = m
         if name != "ddp":
-            out[f"{name}-bn-re"] = Method(
-                cls, {**kwargs, "bn_recompute_batches": 8}, f"{label}, ResNet-BN, BN re-estimated", opt_in=True,
-                model=_BN_MODEL,
-            )  # fmt: skip
+            kwargs = {**m.kwargs, "bn_recompute_batches": 8}
+            out[f"{name}-bn-re"] = replace(m, kwargs=kwargs, label=f"{m.label}, BN re-estimated")
     return out
 
 
 def methods(period: int) -> dict[str, Method]:
     """Every benchmarked method at period ``period`` (name -> :class:`Method`), in table order."""
+    return {**_core_methods(period), **ablations(period)}
+
+
+def _core_methods(period: int) -> dict[str, Method]:
+    """The strategies, DDP and no-comm, without the ablation rows."""
     p, off = period, {"consensus_every": 0}
     return {
         "ddp": Method("ddp", {}, "DDP"),
@@ -205,7 +205,6 @@ def methods(period: int) -> dict[str, Method]:
         "diloco-overlap": Method("DiLoCoStrategy", {"period": p, "overlap": True, **off}, f"DiLoCo p={p}, overlapped"),
         "dpsgd-defaults": Method("DPSGDStrategy", {}, "D-PSGD (defaults)", opt_in=True),
         "aldsgd-defaults": Method("ALDSGDStrategy", {}, "AL-DSGD (defaults)", opt_in=True),
-        **ablations(p),
     }
 
 
